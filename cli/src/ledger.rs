@@ -1,0 +1,147 @@
+//! `batchgate ledger`: replay the ledger stream for one accrual month.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use batchgate_shared::broker::Broker;
+use batchgate_shared::config::Config;
+use batchgate_shared::message::LedgerRecord;
+use batchgate_shared::money::Micros;
+use batchgate_shared::replay::ledger_records;
+use serde::Serialize;
+
+use crate::Failure;
+
+#[derive(clap::Args)]
+pub struct LedgerArguments {
+    /// Accrual month, `YYYY-MM`.
+    #[arg(long)]
+    month: String,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+    /// Milliseconds without a new message after which the replay ends.
+    #[arg(long, default_value_t = 2000)]
+    idle_ms: u64,
+}
+
+/// One team's sums for the month.
+#[derive(Debug, Default, Serialize)]
+pub struct TeamTotal {
+    pub team: String,
+    pub cost_center: String,
+    pub records: u64,
+    pub requests_succeeded: u64,
+    pub requests_failed: u64,
+    pub list_cost_micros: Micros,
+    pub discount_micros: Micros,
+    pub billed_cost_micros: Micros,
+}
+
+pub async fn run(config: &Config, arguments: LedgerArguments) -> Result<ExitCode, Failure> {
+    check_month(&arguments.month)?;
+    let broker = Broker::connect(&config.broker, "batchgate-ledger").await?;
+    broker
+        .declare_topology(&[config.worker.poll_interval_secs])
+        .await?;
+    let (records, unreadable) =
+        ledger_records(&broker, Duration::from_millis(arguments.idle_ms)).await?;
+    broker.close().await;
+    let records: Vec<LedgerRecord> = records
+        .into_iter()
+        .filter(|record| record.accrual_period == arguments.month)
+        .collect();
+    let totals = team_totals(&records);
+    let total_billed: Micros = totals.iter().map(|total| total.billed_cost_micros).sum();
+    if unreadable > 0 {
+        eprintln!(
+            "warning: {unreadable} messages in the ledger stream are not ledger records and were skipped"
+        );
+    }
+
+    if arguments.json {
+        let output = serde_json::json!({
+            "month": arguments.month,
+            "records": records,
+            "totals": totals,
+            "total_billed_cost_micros": total_billed,
+        });
+        println!("{}", serde_json::to_string_pretty(&output)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("ledger {} ({} records)", arguments.month, records.len());
+    println!(
+        "{:<28} {:<12} {:<34} {:>9} {:>7} {:>14}",
+        "job", "team", "provider batch", "succeeded", "failed", "billed USD"
+    );
+    for record in &records {
+        println!(
+            "{:<28} {:<12} {:<34} {:>9} {:>7} {:>14}",
+            record.job_id,
+            record.owner_team,
+            record.provider_batch_id,
+            record.requests.succeeded,
+            record.requests.failed,
+            record.billed_cost_micros
+        );
+    }
+    println!();
+    println!(
+        "{:<12} {:<10} {:>7} {:>14} {:>14} {:>14}",
+        "team", "cost center", "records", "list USD", "discount USD", "billed USD"
+    );
+    for total in &totals {
+        println!(
+            "{:<12} {:<10} {:>7} {:>14} {:>14} {:>14}",
+            total.team,
+            total.cost_center,
+            total.records,
+            total.list_cost_micros,
+            total.discount_micros,
+            total.billed_cost_micros
+        );
+    }
+    println!(
+        "{:<12} {:<10} {:>7} {:>14} {:>14} {:>14}",
+        "total",
+        "",
+        records.len(),
+        "",
+        "",
+        total_billed
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check_month(month: &str) -> Result<(), Failure> {
+    let valid = chrono::NaiveDate::parse_from_str(&format!("{month}-01"), "%Y-%m-%d").is_ok()
+        && month.len() == 7;
+    if valid {
+        Ok(())
+    } else {
+        Err(Failure::Invalid(format!(
+            "invalid --month {month:?}: expected YYYY-MM, for example 2026-12"
+        )))
+    }
+}
+
+/// Sums records per team (and cost center), sorted by team.
+pub fn team_totals(records: &[LedgerRecord]) -> Vec<TeamTotal> {
+    let mut totals: BTreeMap<(String, String), TeamTotal> = BTreeMap::new();
+    for record in records {
+        let key = (record.owner_team.clone(), record.cost_center.clone());
+        let total = totals.entry(key).or_insert_with(|| TeamTotal {
+            team: record.owner_team.clone(),
+            cost_center: record.cost_center.clone(),
+            ..TeamTotal::default()
+        });
+        total.records += 1;
+        total.requests_succeeded += record.requests.succeeded;
+        total.requests_failed += record.requests.failed;
+        total.list_cost_micros = total.list_cost_micros + record.list_cost_micros;
+        total.discount_micros = total.discount_micros + record.discount_micros;
+        total.billed_cost_micros = total.billed_cost_micros + record.billed_cost_micros;
+    }
+    totals.into_values().collect()
+}

@@ -1,0 +1,98 @@
+//! `batchgate`: submit jobs, follow their status and read the ledger.
+//!
+//! Exit codes: 0 on success, 2 when the manifest, input or arguments are
+//! invalid (nothing was published), 1 for any other failure.
+
+#![forbid(unsafe_code)]
+
+mod ledger;
+mod status;
+mod submit;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use batchgate_shared::config::Config;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "batchgate",
+    version,
+    about = "Governed LLM batch jobs: submit, follow, account"
+)]
+struct Arguments {
+    /// Configuration file.
+    #[arg(
+        long,
+        global = true,
+        env = "BATCHGATE_CONFIG",
+        default_value = "config/batchgate.toml"
+    )]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a manifest and its input file, then publish the job.
+    Submit(submit::SubmitArguments),
+    /// Print a job's state, provider batch and event history.
+    Status(status::StatusArguments),
+    /// Wait until jobs reach a final state, then print each outcome.
+    Wait(status::WaitArguments),
+    /// Replay the ledger and print a month's records and per-team totals.
+    Ledger(ledger::LedgerArguments),
+}
+
+/// A failure that the command reports and maps to an exit code.
+pub enum Failure {
+    /// Invalid manifest, input or arguments: nothing was published.
+    Invalid(String),
+    Other(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(error: E) -> Failure {
+        Failure::Other(error.into())
+    }
+}
+
+fn main() -> ExitCode {
+    batchgate_shared::telemetry::init_logging();
+    let arguments = Arguments::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(arguments)) {
+        Ok(code) => code,
+        Err(Failure::Invalid(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Other(error)) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(arguments: Arguments) -> Result<ExitCode, Failure> {
+    let config =
+        Config::load(&arguments.config).map_err(|error| Failure::Invalid(error.to_string()))?;
+    match arguments.command {
+        Command::Submit(submit) => submit::run(&config, submit).await,
+        Command::Status(status) => status::run(&config, status).await,
+        Command::Wait(wait) => status::wait(&config, wait).await,
+        Command::Ledger(ledger) => ledger::run(&config, ledger).await,
+    }
+}

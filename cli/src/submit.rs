@@ -1,0 +1,100 @@
+//! `batchgate submit`: everything is checked before anything is published.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use batchgate_shared::broker::Broker;
+use batchgate_shared::config::Config;
+use batchgate_shared::input::validate_openai_input;
+use batchgate_shared::manifest::Manifest;
+use batchgate_shared::message::{InputRef, JOB_SCHEMA_VERSION, JobMessage};
+use batchgate_shared::pricing::PriceTable;
+use chrono::Utc;
+use lapin::BasicProperties;
+
+use crate::Failure;
+
+#[derive(clap::Args)]
+pub struct SubmitArguments {
+    /// Manifest file (TOML, or JSON starting with `{`).
+    #[arg(long)]
+    manifest: PathBuf,
+    /// Input file in the provider's batch format (JSONL, optionally gzip).
+    #[arg(long)]
+    input: PathBuf,
+}
+
+pub async fn run(config: &Config, arguments: SubmitArguments) -> Result<ExitCode, Failure> {
+    let job = prepare(config, &arguments)?;
+    let broker = Broker::connect(&config.broker, "batchgate-submit").await?;
+    broker
+        .declare_topology(&[config.worker.poll_interval_secs])
+        .await?;
+    let properties =
+        BasicProperties::default().with_message_id(job.manifest.job_id.as_str().into());
+    broker
+        .publish_json(
+            &broker.names.jobs_exchange(),
+            "job.submitted",
+            &job,
+            properties,
+        )
+        .await?;
+    broker.close().await;
+    println!("{}", job.manifest.job_id);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Validates the manifest and input and builds the job message.
+fn prepare(config: &Config, arguments: &SubmitArguments) -> Result<JobMessage, Failure> {
+    let manifest_path = arguments.manifest.display();
+    let text = std::fs::read_to_string(&arguments.manifest).map_err(|error| {
+        Failure::Invalid(format!("cannot read manifest {manifest_path}: {error}"))
+    })?;
+    let manifest = Manifest::parse(&text)
+        .map_err(|error| Failure::Invalid(format!("invalid manifest {manifest_path}: {error}")))?;
+    let prices = PriceTable::load(&config.price_table)
+        .map_err(|error| Failure::Invalid(error.to_string()))?;
+    manifest
+        .validate(config, &prices)
+        .map_err(|error| Failure::Invalid(format!("invalid manifest {manifest_path}: {error}")))?;
+    let price = prices
+        .latest(&manifest.provider, &manifest.model)
+        .ok_or_else(|| Failure::Invalid(format!("model {} has no price", manifest.model)))?;
+
+    let input = std::fs::canonicalize(&arguments.input).map_err(|error| {
+        Failure::Invalid(format!(
+            "cannot read input file {}: {error}",
+            arguments.input.display()
+        ))
+    })?;
+    let summary = validate_openai_input(&input, &manifest, price, &config.providers.openai)
+        .map_err(|error| Failure::Invalid(error.to_string()))?;
+    let estimate = price.estimate(summary.input_tokens, summary.max_output_tokens)?;
+    eprintln!(
+        "validated {}: {} requests, {} bytes, {} prompt tokens; estimated batch cost at most {} {}",
+        input.display(),
+        summary.requests,
+        summary.bytes,
+        summary.input_tokens,
+        estimate,
+        price.currency
+    );
+    let uri = format!(
+        "file://{}",
+        input
+            .to_str()
+            .ok_or_else(|| Failure::Invalid("input path is not UTF-8".into()))?
+    );
+    Ok(JobMessage {
+        schema_version: JOB_SCHEMA_VERSION,
+        manifest,
+        input: InputRef {
+            uri,
+            sha256: Some(summary.sha256),
+            requests: Some(summary.requests),
+            bytes: Some(summary.bytes),
+        },
+        submitted_at: Utc::now(),
+    })
+}

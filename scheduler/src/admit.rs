@@ -1,0 +1,293 @@
+//! Admission of one submitted job message.
+
+use batchgate_shared::broker::ready_routing_key;
+use batchgate_shared::input::{hex, validate_openai_input};
+use batchgate_shared::journal;
+use batchgate_shared::manifest::check_job_id;
+use batchgate_shared::message::{JOB_SCHEMA_VERSION, JobEvent, JobMessage, event, month_of};
+use batchgate_shared::money::Micros;
+use batchgate_shared::store::{Claim, Reservation};
+use batchgate_shared::{Error, Result};
+use chrono::Utc;
+use lapin::BasicProperties;
+use sha2::{Digest, Sha256};
+use tracing::Instrument;
+
+use crate::Scheduler;
+
+/// What happened to a job message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    Accepted {
+        job_id: String,
+        estimate: Micros,
+    },
+    Rejected {
+        job_id: String,
+        reason: String,
+    },
+    /// The job id was used by an earlier, different message; the earlier job is untouched.
+    Duplicate {
+        job_id: String,
+    },
+    /// The message could not be read as a job and went to the dead-letter queue.
+    DeadLettered {
+        reason: String,
+    },
+    /// A redelivered message whose admission had already finished.
+    AlreadyAdmitted {
+        job_id: String,
+    },
+}
+
+impl Scheduler {
+    /// Admits or rejects one job message. An `Err` means a broker or Redis
+    /// failure; the message should be redelivered.
+    pub async fn admit(&self, body: &[u8], user_id: Option<&str>) -> Result<Admission> {
+        let job: JobMessage = match serde_json::from_slice(body) {
+            Ok(job) => job,
+            Err(error) => {
+                return self
+                    .dead_letter(body, format!("invalid job message: {error}"))
+                    .await;
+            }
+        };
+        if job.schema_version != JOB_SCHEMA_VERSION {
+            let reason = format!(
+                "unsupported schema_version {}: this scheduler reads {JOB_SCHEMA_VERSION}",
+                job.schema_version
+            );
+            return self.dead_letter(body, reason).await;
+        }
+        if let Err(reason) = check_job_id(&job.manifest.job_id) {
+            return self.dead_letter(body, reason).await;
+        }
+        let span = tracing::info_span!(
+            "admit",
+            job_id = %job.manifest.job_id,
+            team = %job.manifest.owner_team,
+            user_id = user_id.unwrap_or(""),
+        );
+        self.admit_job(&job, body).instrument(span).await
+    }
+
+    async fn admit_job(&self, job: &JobMessage, body: &[u8]) -> Result<Admission> {
+        let manifest = &job.manifest;
+        let job_id = manifest.job_id.clone();
+        let fingerprint = hex(&Sha256::digest(body));
+        match self
+            .store
+            .claim_job(&job_id, &fingerprint, &manifest.owner_team)
+            .await?
+        {
+            Claim::New => {
+                let month = month_of(Utc::now());
+                self.store
+                    .set_job_fields(
+                        &job_id,
+                        &[
+                            ("month", month),
+                            ("provider", manifest.provider.clone()),
+                            ("model", manifest.model.clone()),
+                            ("submitted_at", job.submitted_at.to_rfc3339()),
+                            ("message", String::from_utf8_lossy(body).into_owned()),
+                        ],
+                    )
+                    .await?;
+                let submitted = JobEvent::new(
+                    event::SUBMITTED,
+                    &job_id,
+                    &manifest.owner_team,
+                    "job received by the scheduler",
+                );
+                journal::record(&self.broker, &self.store, &submitted).await?;
+            }
+            Claim::Redelivered { state } if state != "received" && state != "accepted" => {
+                return Ok(Admission::AlreadyAdmitted { job_id });
+            }
+            Claim::Redelivered { .. } => {}
+            Claim::Duplicate { state } => {
+                let reason = format!(
+                    "job id {job_id} is already used by another submission (state {state})"
+                );
+                tracing::info!(reason, "Duplicate job id rejected");
+                let mut rejected =
+                    JobEvent::new(event::REJECTED, &job_id, &manifest.owner_team, reason);
+                rejected.detail = serde_json::json!({"duplicate": true});
+                journal::record(&self.broker, &self.store, &rejected).await?;
+                return Ok(Admission::Duplicate { job_id });
+            }
+        }
+
+        if let Err(error) = manifest.validate(&self.config, &self.prices) {
+            return self
+                .reject(job, error.to_string(), serde_json::Value::Null)
+                .await;
+        }
+        let Some(price) = self
+            .prices
+            .latest(&manifest.provider, &manifest.model)
+            .cloned()
+        else {
+            return self
+                .reject(
+                    job,
+                    format!("model {} has no price", manifest.model),
+                    serde_json::Value::Null,
+                )
+                .await;
+        };
+        let path = match job.input.local_path() {
+            Ok(path) => path,
+            Err(reason) => return self.reject(job, reason, serde_json::Value::Null).await,
+        };
+        let (limits, checked_manifest) = (self.config.providers.openai.clone(), manifest.clone());
+        let checked_price = price.clone();
+        let summary = tokio::task::spawn_blocking(move || {
+            validate_openai_input(&path, &checked_manifest, &checked_price, &limits)
+        })
+        .await
+        .map_err(|error| Error::Invalid(format!("input validation task failed: {error}")))?;
+        let summary = match summary {
+            Ok(summary) => summary,
+            Err(error) => {
+                return self
+                    .reject(job, error.to_string(), serde_json::Value::Null)
+                    .await;
+            }
+        };
+        if let Some(expected) = &job.input.sha256
+            && !expected.eq_ignore_ascii_case(&summary.sha256)
+        {
+            let reason = format!(
+                "input file {} changed after submission: sha256 {} differs from the submitted {expected}",
+                job.input.uri, summary.sha256
+            );
+            return self.reject(job, reason, serde_json::Value::Null).await;
+        }
+
+        let estimate = match price.estimate(summary.input_tokens, summary.max_output_tokens) {
+            Ok(estimate) => estimate,
+            Err(error) => {
+                return self
+                    .reject(job, error.to_string(), serde_json::Value::Null)
+                    .await;
+            }
+        };
+        let stored = self.store.job(&job_id).await?;
+        let month = stored
+            .get("month")
+            .cloned()
+            .unwrap_or_else(|| month_of(Utc::now()));
+        let limit = self
+            .config
+            .team_budget(&manifest.owner_team)
+            .unwrap_or_default();
+        let estimate_detail = serde_json::json!({
+            "estimate_micros": estimate,
+            "requests": summary.requests,
+            "input_tokens": summary.input_tokens,
+            "max_output_tokens": summary.max_output_tokens,
+            "month": month,
+        });
+        match self
+            .store
+            .reserve(&manifest.owner_team, &month, &job_id, estimate, limit)
+            .await?
+        {
+            Reservation::Reserved(_) | Reservation::AlreadyReserved(_) => {}
+            Reservation::OverBudget(counters) => {
+                let reason = format!(
+                    "over budget: estimated cost {estimate} USD exceeds the {} USD left of team {}'s {month} budget \
+                     (limit {} USD, reserved {} USD, spent {} USD)",
+                    counters.remaining(),
+                    manifest.owner_team,
+                    counters.limit,
+                    counters.reserved,
+                    counters.spent
+                );
+                let mut detail = estimate_detail;
+                detail["limit_micros"] = counters.limit.0.into();
+                detail["reserved_micros"] = counters.reserved.0.into();
+                detail["spent_micros"] = counters.spent.0.into();
+                return self.reject(job, reason, detail).await;
+            }
+        }
+
+        self.store
+            .set_job_fields(
+                &job_id,
+                &[
+                    ("estimate_micros", estimate.0.to_string()),
+                    ("requests", summary.requests.to_string()),
+                    ("input_bytes", summary.bytes.to_string()),
+                    ("input_tokens", summary.input_tokens.to_string()),
+                ],
+            )
+            .await?;
+        // Accepted before the ready message goes out, so a worker never sees it
+        // earlier; a redelivery in state `accepted` publishes it again, and the
+        // worker's creation claim makes a second ready message harmless.
+        self.store
+            .set_job_fields(&job_id, &[("state", "accepted".to_owned())])
+            .await?;
+        let properties = BasicProperties::default().with_message_id(job_id.as_str().into());
+        self.broker
+            .publish_bytes(
+                &self.broker.names.jobs_exchange(),
+                &ready_routing_key(&manifest.provider),
+                body,
+                properties,
+            )
+            .await?;
+        let message = format!(
+            "accepted: estimated cost {estimate} USD for {} requests reserved against team {}'s {month} budget",
+            summary.requests, manifest.owner_team
+        );
+        let mut accepted = JobEvent::new(event::ACCEPTED, &job_id, &manifest.owner_team, message);
+        accepted.detail = estimate_detail;
+        journal::record(&self.broker, &self.store, &accepted).await?;
+        tracing::info!(
+            estimate_micros = estimate.0,
+            requests = summary.requests,
+            "Job accepted"
+        );
+        Ok(Admission::Accepted { job_id, estimate })
+    }
+
+    async fn reject(
+        &self,
+        job: &JobMessage,
+        reason: String,
+        detail: serde_json::Value,
+    ) -> Result<Admission> {
+        let job_id = &job.manifest.job_id;
+        tracing::info!(reason, "Job rejected");
+        self.store
+            .set_job_fields(
+                job_id,
+                &[("state", "rejected".to_owned()), ("reason", reason.clone())],
+            )
+            .await?;
+        let mut rejected = JobEvent::new(
+            event::REJECTED,
+            job_id,
+            &job.manifest.owner_team,
+            reason.clone(),
+        );
+        rejected.detail = detail;
+        journal::record(&self.broker, &self.store, &rejected).await?;
+        Ok(Admission::Rejected {
+            job_id: job_id.clone(),
+            reason,
+        })
+    }
+
+    async fn dead_letter(&self, body: &[u8], reason: String) -> Result<Admission> {
+        tracing::warn!(reason, "Job message dead-lettered");
+        self.broker
+            .dead_letter(&self.broker.names.submitted_queue(), body, &reason)
+            .await?;
+        Ok(Admission::DeadLettered { reason })
+    }
+}

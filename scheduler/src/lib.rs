@@ -1,0 +1,120 @@
+//! The scheduler admits submitted jobs.
+//!
+//! For each `job.submitted` message it rejects a job id already used by
+//! another message, validates the manifest and the input file, estimates the
+//! cost, reserves it against the team's monthly budget, and forwards the job to
+//! the provider's ready queue. Messages are acknowledged only after every step
+//! is durable, and each step is idempotent, so a redelivered message finishes
+//! the admission without reserving twice.
+
+#![forbid(unsafe_code)]
+
+mod admit;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use batchgate_shared::broker::Broker;
+use batchgate_shared::config::Config;
+use batchgate_shared::pricing::PriceTable;
+use batchgate_shared::store::Store;
+use batchgate_shared::{Error, Result};
+use futures::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+
+pub use admit::Admission;
+
+/// Shared state of one scheduler process.
+pub struct Scheduler {
+    pub config: Arc<Config>,
+    pub prices: Arc<PriceTable>,
+    pub broker: Broker,
+    pub store: Store,
+}
+
+impl Scheduler {
+    /// Connects to the broker and Redis and declares the topology.
+    pub async fn connect(config: Config) -> Result<Scheduler> {
+        let prices = PriceTable::load(&config.price_table)?;
+        let broker = Broker::connect(&config.broker, "batchgate-scheduler").await?;
+        let store = Store::connect(&config.redis).await?;
+        broker
+            .declare_topology(&[config.worker.poll_interval_secs])
+            .await?;
+        Ok(Scheduler {
+            config: Arc::new(config),
+            prices: Arc::new(prices),
+            broker,
+            store,
+        })
+    }
+
+    /// Consumes submitted jobs until `shutdown` resolves.
+    pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        let channel = self.broker.channel().await?;
+        channel
+            .basic_qos(self.config.scheduler.prefetch, BasicQosOptions::default())
+            .await?;
+        let queue = self.broker.names.submitted_queue();
+        let mut consumer = channel
+            .basic_consume(
+                queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        tracing::info!(queue, "Scheduler consuming submitted jobs");
+        tokio::pin!(shutdown);
+        loop {
+            let delivery = tokio::select! {
+                _ = &mut shutdown => break,
+                next = consumer.next() => next,
+            };
+            let delivery = match delivery {
+                Some(Ok(delivery)) => delivery,
+                Some(Err(error)) => {
+                    tracing::warn!(error = %error, "Consumer interrupted, waiting for broker recovery");
+                    channel.wait_for_recovery(error).await?;
+                    continue;
+                }
+                None => {
+                    return Err(Error::Broker(
+                        "the submitted-jobs consumer was cancelled".into(),
+                    ));
+                }
+            };
+            match self
+                .admit(
+                    &delivery.data,
+                    delivery
+                        .properties
+                        .user_id()
+                        .as_ref()
+                        .map(|user| user.as_str()),
+                )
+                .await
+            {
+                Ok(admission) => {
+                    tracing::debug!(?admission, "Admission finished");
+                    delivery.ack(BasicAckOptions::default()).await?;
+                }
+                Err(error) => {
+                    // Broker or Redis failed mid-admission: every step is idempotent, so
+                    // requeue and let the next delivery finish it.
+                    tracing::warn!(error = %error, "Admission interrupted, requeueing the job message");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    delivery
+                        .nack(BasicNackOptions {
+                            requeue: true,
+                            ..Default::default()
+                        })
+                        .await?;
+                }
+            }
+        }
+        tracing::info!("Scheduler stopped");
+        Ok(())
+    }
+}

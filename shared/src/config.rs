@@ -1,0 +1,368 @@
+//! The one configuration file, with environment overrides.
+//!
+//! Unknown keys are rejected so that a misspelt setting fails at start rather
+//! than being ignored. API keys are read only from the environment.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::money::Micros;
+
+/// The workload classes every deployment accepts; configuration can add more.
+pub const BUILTIN_WORKLOAD_CLASSES: [&str; 5] = [
+    "eval",
+    "enrichment",
+    "summarization",
+    "embedding_backfill",
+    "content_generation",
+];
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub broker: BrokerConfig,
+    pub redis: RedisConfig,
+    /// Price table file; a relative path is resolved against the configuration file.
+    pub price_table: PathBuf,
+    #[serde(default)]
+    pub accrual: Accrual,
+    #[serde(default)]
+    pub workload_classes: Vec<String>,
+    pub teams: BTreeMap<String, TeamConfig>,
+    #[serde(default)]
+    pub providers: ProvidersConfig,
+    #[serde(default)]
+    pub worker: WorkerConfig,
+    #[serde(default)]
+    pub scheduler: SchedulerConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    pub url: String,
+    /// Prefix of every exchange and queue name, so several deployments can share a vhost.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    pub url: String,
+    /// Prefix of every Redis key.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    #[serde(default = "default_connect_timeout")]
+    pub timeout_secs: u64,
+}
+
+/// The period a ledger record and a reservation count towards.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Accrual {
+    /// The month the job was submitted in.
+    #[default]
+    Submission,
+    /// The month the provider completed the batch in.
+    Completion,
+}
+
+impl Accrual {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accrual::Submission => "submission",
+            Accrual::Completion => "completion",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeamConfig {
+    pub cost_center: String,
+    /// Monthly budget in USD, as a decimal string such as "500.00".
+    pub monthly_budget_usd: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvidersConfig {
+    #[serde(default)]
+    pub openai: ProviderConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    #[serde(default = "default_openai_base_url")]
+    pub base_url: String,
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_secs: u64,
+    /// Attempts for one provider call before the job step fails.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    #[serde(default = "default_max_requests")]
+    pub max_requests_per_batch: u64,
+    /// Largest input file in bytes (OpenAI documents 200 MB).
+    #[serde(default = "default_max_file_bytes")]
+    pub max_file_bytes: u64,
+    #[serde(default = "default_max_requests")]
+    pub max_embedding_inputs: u64,
+}
+
+impl Default for ProviderConfig {
+    fn default() -> Self {
+        ProviderConfig {
+            base_url: default_openai_base_url(),
+            request_timeout_secs: default_request_timeout(),
+            max_attempts: default_max_attempts(),
+            max_requests_per_batch: default_max_requests(),
+            max_file_bytes: default_max_file_bytes(),
+            max_embedding_inputs: default_max_requests(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Messages a worker takes from a queue before acknowledging any.
+    #[serde(default = "default_prefetch")]
+    pub prefetch: u16,
+    /// Delay between two polls of one provider batch.
+    #[serde(default = "default_poll_interval")]
+    pub poll_interval_secs: u64,
+    /// Time a worker may take to upload the input and create the provider batch
+    /// before another worker may take the job over.
+    #[serde(default = "default_creation_lease")]
+    pub creation_lease_secs: u64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            prefetch: default_prefetch(),
+            poll_interval_secs: default_poll_interval(),
+            creation_lease_secs: default_creation_lease(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerConfig {
+    #[serde(default = "default_prefetch")]
+    pub prefetch: u16,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            prefetch: default_prefetch(),
+        }
+    }
+}
+
+fn default_prefix() -> String {
+    "batchgate".to_owned()
+}
+fn default_connect_timeout() -> u64 {
+    10
+}
+fn default_request_timeout() -> u64 {
+    60
+}
+fn default_max_attempts() -> u32 {
+    5
+}
+fn default_max_requests() -> u64 {
+    50_000
+}
+fn default_max_file_bytes() -> u64 {
+    200_000_000
+}
+fn default_prefetch() -> u16 {
+    8
+}
+fn default_poll_interval() -> u64 {
+    30
+}
+fn default_creation_lease() -> u64 {
+    900
+}
+fn default_openai_base_url() -> String {
+    "https://api.openai.com".to_owned()
+}
+
+/// Environment variables that override a configuration value, with the key they set.
+pub const ENV_OVERRIDES: [(&str, &str); 7] = [
+    ("BATCHGATE_BROKER_URL", "broker.url"),
+    ("BATCHGATE_BROKER_PREFIX", "broker.prefix"),
+    ("BATCHGATE_REDIS_URL", "redis.url"),
+    ("BATCHGATE_REDIS_PREFIX", "redis.prefix"),
+    ("BATCHGATE_PRICE_TABLE", "price_table"),
+    ("BATCHGATE_OPENAI_BASE_URL", "providers.openai.base_url"),
+    ("BATCHGATE_POLL_INTERVAL_SECS", "worker.poll_interval_secs"),
+];
+
+impl Config {
+    /// Loads a configuration file and applies the environment overrides.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|error| {
+            Error::Config(format!(
+                "cannot read configuration file {}: {error}",
+                path.display()
+            ))
+        })?;
+        let mut config = Config::parse(&text)
+            .map_err(|error| Error::Config(format!("{}: {error}", path.display())))?;
+        config.apply_env(|name| std::env::var(name).ok())?;
+        if config.price_table.is_relative() {
+            let base = path.parent().unwrap_or(Path::new("."));
+            config.price_table = base.join(&config.price_table);
+        }
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Parses configuration text without environment overrides or path resolution.
+    pub fn parse(text: &str) -> std::result::Result<Config, String> {
+        toml::from_str(text).map_err(|error| error.to_string())
+    }
+
+    /// Applies the overrides in [`ENV_OVERRIDES`] read through `lookup`.
+    pub fn apply_env(&mut self, lookup: impl Fn(&str) -> Option<String>) -> Result<()> {
+        if let Some(url) = lookup("BATCHGATE_BROKER_URL") {
+            self.broker.url = url;
+        }
+        if let Some(prefix) = lookup("BATCHGATE_BROKER_PREFIX") {
+            self.broker.prefix = prefix;
+        }
+        if let Some(url) = lookup("BATCHGATE_REDIS_URL") {
+            self.redis.url = url;
+        }
+        if let Some(prefix) = lookup("BATCHGATE_REDIS_PREFIX") {
+            self.redis.prefix = prefix;
+        }
+        if let Some(path) = lookup("BATCHGATE_PRICE_TABLE") {
+            self.price_table = PathBuf::from(path);
+        }
+        if let Some(url) = lookup("BATCHGATE_OPENAI_BASE_URL") {
+            self.providers.openai.base_url = url;
+        }
+        if let Some(secs) = lookup("BATCHGATE_POLL_INTERVAL_SECS") {
+            self.worker.poll_interval_secs = secs.parse().map_err(|_| {
+                Error::Config(format!(
+                    "invalid BATCHGATE_POLL_INTERVAL_SECS {secs:?}: expected whole seconds"
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Checks values that the file format cannot express.
+    pub fn check(&self) -> Result<()> {
+        if self.teams.is_empty() {
+            return Err(Error::Config(
+                "no teams configured: add at least one [teams.NAME] table".into(),
+            ));
+        }
+        for (name, team) in &self.teams {
+            team.monthly_budget_usd.parse::<Micros>().map_err(|error| {
+                Error::Config(format!("teams.{name}.monthly_budget_usd: {error}"))
+            })?;
+        }
+        if self.worker.poll_interval_secs == 0 {
+            return Err(Error::Config(
+                "worker.poll_interval_secs must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Returns the team's monthly budget limit.
+    pub fn team_budget(&self, team: &str) -> Option<Micros> {
+        self.teams.get(team)?.monthly_budget_usd.parse().ok()
+    }
+
+    /// Reports whether `class` is a built-in or configured workload class.
+    pub fn is_workload_class(&self, class: &str) -> bool {
+        BUILTIN_WORKLOAD_CLASSES.contains(&class)
+            || self.workload_classes.iter().any(|c| c == class)
+    }
+
+    /// Lists every accepted workload class, built-in ones first.
+    pub fn workload_class_list(&self) -> Vec<String> {
+        BUILTIN_WORKLOAD_CLASSES
+            .iter()
+            .map(|class| class.to_string())
+            .chain(self.workload_classes.iter().cloned())
+            .collect()
+    }
+}
+
+/// Reads the OpenAI API key from `OPENAI_API_KEY`.
+pub fn openai_api_key() -> Result<String> {
+    match std::env::var("OPENAI_API_KEY") {
+        Ok(key) if !key.trim().is_empty() => Ok(key),
+        _ => Err(Error::Config(
+            "OPENAI_API_KEY is not set: export the API key (keys are never read from the configuration file)".into(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+price_table = "prices.toml"
+[broker]
+url = "amqp://guest:guest@127.0.0.1:5672/%2f"
+[redis]
+url = "redis://127.0.0.1:6379"
+[teams.search]
+cost_center = "CC-2002"
+monthly_budget_usd = "40.00"
+"#;
+
+    #[test]
+    fn parses_minimal_file() {
+        let config = Config::parse(MINIMAL).unwrap();
+        assert_eq!(config.team_budget("search"), Some(Micros(40_000_000)));
+        assert_eq!(config.accrual, Accrual::Submission);
+        assert_eq!(config.broker.prefix, "batchgate");
+    }
+
+    #[test]
+    fn rejects_unknown_key() {
+        let error = Config::parse(&format!("{MINIMAL}\n[teams.search.extra]\n")).unwrap_err();
+        assert!(error.contains("unknown field"), "{error}");
+        let error = Config::parse(&MINIMAL.replace("[redis]", "[redis]\nport = 1")).unwrap_err();
+        assert!(error.contains("port"), "{error}");
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let mut config = Config::parse(MINIMAL).unwrap();
+        config
+            .apply_env(|name| {
+                (name == "BATCHGATE_REDIS_URL").then(|| "redis://10.0.0.1".to_owned())
+            })
+            .unwrap();
+        assert_eq!(config.redis.url, "redis://10.0.0.1");
+    }
+
+    #[test]
+    fn rejects_bad_budget() {
+        let config = Config::parse(&MINIMAL.replace("40.00", "forty")).unwrap();
+        let error = config.check().unwrap_err().to_string();
+        assert!(error.contains("teams.search.monthly_budget_usd"), "{error}");
+    }
+}

@@ -1,0 +1,29 @@
+//! Shared core of batchgate: configuration, the manifest and job contract,
+//! input validation, pricing, the budget store in Redis, the broker topology
+//! and the OpenAI batch client.
+//!
+//! - [`config`]: the TOML configuration with environment overrides.
+//! - [`manifest`] and [`input`]: what `submit` and the scheduler check.
+//! - [`pricing`] and [`tokens`]: the price table, estimates and exact costs.
+//! - [`message`]: job messages, job events and ledger records.
+//! - [`broker`]: exchanges, queues and confirmed publishing on RabbitMQ.
+//! - [`store`]: budgets, reservations and job state in Redis.
+//! - [`openai`] and [`results`]: the provider client and result-file accounting.
+
+pub mod broker;
+pub mod config;
+pub mod error;
+pub mod input;
+pub mod journal;
+pub mod manifest;
+pub mod message;
+pub mod money;
+pub mod openai;
+pub mod pricing;
+pub mod replay;
+pub mod results;
+pub mod store;
+pub mod telemetry;
+pub mod tokens;
+
+pub use error::{Error, Result};

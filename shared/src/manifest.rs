@@ -1,0 +1,176 @@
+//! The job manifest: who pays, why, and what is sent to which provider.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::pricing::PriceTable;
+
+/// Endpoints an OpenAI batch accepts that batchgate can price.
+pub const OPENAI_ENDPOINTS: [&str; 4] = [
+    "/v1/chat/completions",
+    "/v1/embeddings",
+    "/v1/responses",
+    "/v1/completions",
+];
+
+/// Longest `purpose`, so that it fits an OpenAI metadata value (512 characters).
+pub const MAX_PURPOSE_CHARS: usize = 512;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Idempotency key of the job: resubmitting the same id never charges twice.
+    pub job_id: String,
+    pub owner_team: String,
+    pub cost_center: String,
+    pub workload_class: String,
+    pub purpose: String,
+    pub provider: String,
+    pub endpoint: String,
+    pub model: String,
+    #[serde(default = "default_completion_window")]
+    pub completion_window: String,
+}
+
+fn default_completion_window() -> String {
+    "24h".to_owned()
+}
+
+/// A manifest problem, naming the field it concerns.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("manifest field {field}: {reason}")]
+pub struct ManifestError {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> ManifestError {
+    ManifestError {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// Checks that a job id is 1 to 64 letters, digits, `-`, `_` or `.`, starting with a
+/// letter or digit, so it fits provider metadata and custom id prefixes.
+pub fn check_job_id(job_id: &str) -> Result<(), String> {
+    let valid_start = job_id
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric());
+    let valid_chars = job_id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if job_id.is_empty() || job_id.len() > 64 || !valid_start || !valid_chars {
+        return Err(format!(
+            "invalid job id {job_id:?}: use 1 to 64 letters, digits, '-', '_' or '.', starting with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+impl Manifest {
+    /// Parses a manifest file's text: TOML, or JSON when it starts with `{`.
+    pub fn parse(text: &str) -> Result<Manifest, String> {
+        if text.trim_start().starts_with('{') {
+            serde_json::from_str(text).map_err(|error| error.to_string())
+        } else {
+            toml::from_str(text).map_err(|error| error.to_string())
+        }
+    }
+
+    /// Checks every tag against the configuration and the price table.
+    pub fn validate(&self, config: &Config, prices: &PriceTable) -> Result<(), ManifestError> {
+        let required = [
+            ("job_id", &self.job_id),
+            ("owner_team", &self.owner_team),
+            ("cost_center", &self.cost_center),
+            ("workload_class", &self.workload_class),
+            ("purpose", &self.purpose),
+            ("provider", &self.provider),
+            ("endpoint", &self.endpoint),
+            ("model", &self.model),
+        ];
+        for (field, value) in required {
+            if value.trim().is_empty() {
+                return Err(invalid(field, "must not be empty"));
+            }
+        }
+        check_job_id(&self.job_id).map_err(|reason| invalid("job_id", reason))?;
+
+        let Some(team) = config.teams.get(&self.owner_team) else {
+            let known: Vec<&str> = config.teams.keys().map(String::as_str).collect();
+            return Err(invalid(
+                "owner_team",
+                format!(
+                    "unknown team {:?}; configured teams: {}",
+                    self.owner_team,
+                    known.join(", ")
+                ),
+            ));
+        };
+        if team.cost_center != self.cost_center {
+            return Err(invalid(
+                "cost_center",
+                format!(
+                    "{:?} is not the cost center of team {} ({})",
+                    self.cost_center, self.owner_team, team.cost_center
+                ),
+            ));
+        }
+        if !config.is_workload_class(&self.workload_class) {
+            return Err(invalid(
+                "workload_class",
+                format!(
+                    "unknown class {:?}; accepted: {}",
+                    self.workload_class,
+                    config.workload_class_list().join(", ")
+                ),
+            ));
+        }
+        if self.purpose.chars().count() > MAX_PURPOSE_CHARS {
+            return Err(invalid(
+                "purpose",
+                format!("longer than {MAX_PURPOSE_CHARS} characters"),
+            ));
+        }
+        if self.provider != "openai" {
+            return Err(invalid(
+                "provider",
+                format!(
+                    "unsupported provider {:?}; supported: openai",
+                    self.provider
+                ),
+            ));
+        }
+        if !OPENAI_ENDPOINTS.contains(&self.endpoint.as_str()) {
+            return Err(invalid(
+                "endpoint",
+                format!(
+                    "unsupported endpoint {:?}; supported: {}",
+                    self.endpoint,
+                    OPENAI_ENDPOINTS.join(", ")
+                ),
+            ));
+        }
+        if self.completion_window != "24h" {
+            return Err(invalid(
+                "completion_window",
+                format!(
+                    "unsupported window {:?}; OpenAI batches accept only \"24h\"",
+                    self.completion_window
+                ),
+            ));
+        }
+        if prices.latest(&self.provider, &self.model).is_none() {
+            return Err(invalid(
+                "model",
+                format!(
+                    "model {:?} of provider {} is not in the price table, so its cost cannot be estimated",
+                    self.model, self.provider
+                ),
+            ));
+        }
+        Ok(())
+    }
+}

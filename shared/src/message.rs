@@ -1,0 +1,150 @@
+//! Messages on the broker: the job contract, job events and ledger records.
+//!
+//! Each body is JSON with a `schema_version`. The job message is a public
+//! contract described by `schema/job-message.v1.json`.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::manifest::Manifest;
+use crate::money::Micros;
+use crate::pricing::TokenCounts;
+
+pub const JOB_SCHEMA_VERSION: u32 = 1;
+pub const EVENT_SCHEMA_VERSION: u32 = 1;
+pub const LEDGER_SCHEMA_VERSION: u32 = 1;
+
+/// A submitted job, as published with routing key `job.submitted`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobMessage {
+    pub schema_version: u32,
+    pub manifest: Manifest,
+    pub input: InputRef,
+    pub submitted_at: DateTime<Utc>,
+}
+
+/// Where the worker finds the input file, and what submit saw in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputRef {
+    /// Absolute `file://` URI readable by the scheduler and the workers.
+    pub uri: String,
+    /// SHA-256 of the file; when present the scheduler rejects a file that changed.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    #[serde(default)]
+    pub requests: Option<u64>,
+    #[serde(default)]
+    pub bytes: Option<u64>,
+}
+
+impl InputRef {
+    /// Returns the local path of a `file://` URI.
+    pub fn local_path(&self) -> Result<std::path::PathBuf, String> {
+        let path = self.uri.strip_prefix("file://").ok_or_else(|| {
+            format!(
+                "unsupported input uri {:?}: only absolute file:// URIs are read",
+                self.uri
+            )
+        })?;
+        if !path.starts_with('/') {
+            return Err(format!(
+                "input uri {:?} is not an absolute file:// path",
+                self.uri
+            ));
+        }
+        Ok(std::path::PathBuf::from(path))
+    }
+}
+
+/// The kinds of job event, each published with its name as the routing key.
+pub mod event {
+    pub const SUBMITTED: &str = "job.submitted";
+    pub const ACCEPTED: &str = "job.accepted";
+    pub const REJECTED: &str = "job.rejected";
+    pub const BATCH_CREATED: &str = "job.batch_created";
+    pub const BATCH_ENDED: &str = "job.batch_ended";
+    pub const COMPLETED: &str = "job.completed";
+    pub const FAILED: &str = "job.failed";
+}
+
+/// One step in a job's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobEvent {
+    pub schema_version: u32,
+    pub event: String,
+    pub job_id: String,
+    pub team: String,
+    pub at: DateTime<Utc>,
+    /// Human-readable summary, for example the rejection reason.
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_batch_id: Option<String>,
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub detail: serde_json::Value,
+}
+
+impl JobEvent {
+    pub fn new(event: &str, job_id: &str, team: &str, message: impl Into<String>) -> JobEvent {
+        JobEvent {
+            schema_version: EVENT_SCHEMA_VERSION,
+            event: event.to_owned(),
+            job_id: job_id.to_owned(),
+            team: team.to_owned(),
+            at: Utc::now(),
+            message: message.into(),
+            provider_batch_id: None,
+            detail: serde_json::Value::Null,
+        }
+    }
+}
+
+/// Requests of a provider batch by outcome.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestCounts {
+    pub total: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub expired: u64,
+}
+
+/// The cost of one provider batch, published once to the ledger exchange.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LedgerRecord {
+    pub schema_version: u32,
+    /// Idempotency key: `provider:provider_batch_id`. Readers keep one record per id.
+    pub record_id: String,
+    pub job_id: String,
+    pub owner_team: String,
+    pub cost_center: String,
+    pub workload_class: String,
+    pub purpose: String,
+    pub provider: String,
+    pub model: String,
+    pub endpoint: String,
+    pub provider_batch_id: String,
+    /// Provider status the batch ended in (`completed`, `expired`, `cancelled`, `failed`).
+    pub provider_status: String,
+    pub requests: RequestCounts,
+    pub tokens: TokenCounts,
+    pub currency: String,
+    /// Cost at standard rates.
+    pub list_cost_micros: Micros,
+    /// Batch discount: `list_cost_micros - billed_cost_micros`.
+    pub discount_micros: Micros,
+    pub billed_cost_micros: Micros,
+    /// `effective_from` of the price table entry used.
+    pub price_effective_from: chrono::NaiveDate,
+    pub submitted_at: DateTime<Utc>,
+    pub provider_completed_at: Option<DateTime<Utc>>,
+    pub recorded_at: DateTime<Utc>,
+    pub accrual_convention: crate::config::Accrual,
+    /// Month the record counts towards, `YYYY-MM`.
+    pub accrual_period: String,
+}
+
+/// Formats the calendar month (UTC) of a timestamp as `YYYY-MM`.
+pub fn month_of(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m").to_string()
+}

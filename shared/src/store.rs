@@ -1,0 +1,381 @@
+//! Budgets, reservations and job state in Redis.
+//!
+//! Per team and month: a budget hash (`limit`, `reserved`, `spent` in
+//! micro-USD), a reservations hash (job id → reserved amount) and a
+//! settlements hash (job id → settled cost). Their keys share the hash tag
+//! `{team}` so the scripts also run on Redis Cluster. Reserve, settle and
+//! release are single Lua scripts, idempotent per job id.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::broker::redact_url;
+use crate::config::RedisConfig;
+use crate::error::{Error, Result};
+use crate::money::Micros;
+
+const RESERVE_SCRIPT: &str = r#"
+local existing = redis.call('HGET', KEYS[2], ARGV[1])
+local limit = redis.call('HGET', KEYS[1], 'limit')
+if not limit then
+  redis.call('HSET', KEYS[1], 'limit', ARGV[3])
+  limit = ARGV[3]
+end
+local reserved = tonumber(redis.call('HGET', KEYS[1], 'reserved') or '0')
+local spent = tonumber(redis.call('HGET', KEYS[1], 'spent') or '0')
+if existing or redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then
+  return {2, tonumber(limit), reserved, spent}
+end
+local amount = tonumber(ARGV[2])
+if reserved + spent + amount > tonumber(limit) then
+  return {0, tonumber(limit), reserved, spent}
+end
+redis.call('HINCRBY', KEYS[1], 'reserved', amount)
+redis.call('HSET', KEYS[2], ARGV[1], amount)
+return {1, tonumber(limit), reserved + amount, spent}
+"#;
+
+const SETTLE_SCRIPT: &str = r#"
+if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then
+  return 0
+end
+local amount = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+redis.call('HINCRBY', KEYS[1], 'reserved', -amount)
+redis.call('HINCRBY', KEYS[1], 'spent', ARGV[2])
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+return 1
+"#;
+
+/// Creates the job record if it is new; otherwise tells whether the same
+/// message came back (a redelivery) or another message reused the job id.
+const CLAIM_JOB_SCRIPT: &str = r#"
+local fingerprint = redis.call('HGET', KEYS[1], 'fingerprint')
+if not fingerprint then
+  redis.call('HSET', KEYS[1], 'fingerprint', ARGV[1], 'state', 'received', 'team', ARGV[2])
+  return {'new', 'received'}
+end
+local state = redis.call('HGET', KEYS[1], 'state') or ''
+if fingerprint == ARGV[1] then
+  return {'redelivered', state}
+end
+return {'duplicate', state}
+"#;
+
+/// Moves an accepted job to `creating` under a lease, so that only one worker
+/// creates its provider batch; a lapsed lease (its worker died) can be taken over.
+const CLAIM_CREATION_SCRIPT: &str = r#"
+local state = redis.call('HGET', KEYS[1], 'state')
+local now = tonumber(redis.call('TIME')[1])
+if state == 'accepted' then
+  redis.call('HSET', KEYS[1], 'state', 'creating', 'creating_until', now + tonumber(ARGV[1]))
+  return 'fresh'
+end
+if state == 'creating' then
+  local until_ = tonumber(redis.call('HGET', KEYS[1], 'creating_until') or '0')
+  if until_ < now then
+    redis.call('HSET', KEYS[1], 'creating_until', now + tonumber(ARGV[1]))
+    return 'resume'
+  end
+  return 'busy'
+end
+return state or ''
+"#;
+
+/// Result of a worker's attempt to create a job's provider batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreationClaim {
+    /// The job was accepted and is now this worker's to create.
+    Fresh,
+    /// An earlier worker's lease lapsed: it may have created the batch already.
+    Resume,
+    /// Another worker holds the lease.
+    Busy,
+    /// The job is in another state (the state is given), so there is nothing to create.
+    Other(String),
+}
+
+/// Budget counters of one team and month.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BudgetCounters {
+    pub limit: Micros,
+    pub reserved: Micros,
+    pub spent: Micros,
+}
+
+impl BudgetCounters {
+    pub fn remaining(&self) -> Micros {
+        self.limit - self.reserved - self.spent
+    }
+}
+
+/// Outcome of a reservation attempt, with the counters after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reservation {
+    Reserved(BudgetCounters),
+    /// The job id already holds a reservation or was settled; nothing changed.
+    AlreadyReserved(BudgetCounters),
+    /// The amount does not fit; nothing changed.
+    OverBudget(BudgetCounters),
+}
+
+/// Result of claiming a job id for a newly consumed job message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    New,
+    Redelivered { state: String },
+    Duplicate { state: String },
+}
+
+#[derive(Clone)]
+pub struct Store {
+    connection: ConnectionManager,
+    prefix: String,
+    reserve: redis::Script,
+    settle: redis::Script,
+    claim: redis::Script,
+    claim_creation: redis::Script,
+}
+
+impl Store {
+    /// Connects through a connection manager that reconnects after failures.
+    pub async fn connect(config: &RedisConfig) -> Result<Store> {
+        let unavailable = |reason: String| Error::RedisUnavailable {
+            url: redact_url(&config.url),
+            reason,
+        };
+        let client = redis::Client::open(config.url.as_str())
+            .map_err(|error| unavailable(error.to_string()))?;
+        let timeout = Duration::from_secs(config.timeout_secs);
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(3);
+        let connect = client.get_connection_manager_with_config(manager_config);
+        let connection = tokio::time::timeout(timeout + Duration::from_secs(1), connect)
+            .await
+            .map_err(|_| unavailable(format!("no connection within {} s", config.timeout_secs)))?
+            .map_err(|error| unavailable(error.to_string()))?;
+        Ok(Store {
+            connection,
+            prefix: config.prefix.clone(),
+            reserve: redis::Script::new(RESERVE_SCRIPT),
+            settle: redis::Script::new(SETTLE_SCRIPT),
+            claim: redis::Script::new(CLAIM_JOB_SCRIPT),
+            claim_creation: redis::Script::new(CLAIM_CREATION_SCRIPT),
+        })
+    }
+
+    fn budget_keys(&self, team: &str, month: &str) -> [String; 3] {
+        let prefix = &self.prefix;
+        [
+            format!("{prefix}:budget:{{{team}}}:{month}"),
+            format!("{prefix}:reservations:{{{team}}}:{month}"),
+            format!("{prefix}:settlements:{{{team}}}:{month}"),
+        ]
+    }
+
+    fn job_key(&self, job_id: &str) -> String {
+        format!("{}:job:{job_id}", self.prefix)
+    }
+
+    fn history_key(&self, job_id: &str) -> String {
+        format!("{}:job:{job_id}:history", self.prefix)
+    }
+
+    fn inflight_key(&self) -> String {
+        format!("{}:jobs:inflight", self.prefix)
+    }
+
+    /// Reserves `amount` for a job unless it would take reserved plus spent past
+    /// the limit. `default_limit` becomes the limit when the month has none yet.
+    pub async fn reserve(
+        &self,
+        team: &str,
+        month: &str,
+        job_id: &str,
+        amount: Micros,
+        default_limit: Micros,
+    ) -> Result<Reservation> {
+        let keys = self.budget_keys(team, month);
+        let reply: Vec<i64> = self
+            .reserve
+            .key(&keys[0])
+            .key(&keys[1])
+            .key(&keys[2])
+            .arg(job_id)
+            .arg(amount.0)
+            .arg(default_limit.0)
+            .invoke_async(&mut self.connection.clone())
+            .await?;
+        let counters = BudgetCounters {
+            limit: Micros(reply[1]),
+            reserved: Micros(reply[2]),
+            spent: Micros(reply[3]),
+        };
+        Ok(match reply[0] {
+            1 => Reservation::Reserved(counters),
+            2 => Reservation::AlreadyReserved(counters),
+            _ => Reservation::OverBudget(counters),
+        })
+    }
+
+    /// Replaces a job's reservation with its actual cost; returns false when the
+    /// job was already settled, in which case nothing changed.
+    pub async fn settle(
+        &self,
+        team: &str,
+        month: &str,
+        job_id: &str,
+        actual: Micros,
+    ) -> Result<bool> {
+        let keys = self.budget_keys(team, month);
+        let applied: i64 = self
+            .settle
+            .key(&keys[0])
+            .key(&keys[1])
+            .key(&keys[2])
+            .arg(job_id)
+            .arg(actual.0)
+            .invoke_async(&mut self.connection.clone())
+            .await?;
+        Ok(applied == 1)
+    }
+
+    /// Releases a job's reservation without spending anything.
+    pub async fn release(&self, team: &str, month: &str, job_id: &str) -> Result<bool> {
+        self.settle(team, month, job_id, Micros::ZERO).await
+    }
+
+    pub async fn budget(&self, team: &str, month: &str) -> Result<Option<BudgetCounters>> {
+        let keys = self.budget_keys(team, month);
+        let fields: HashMap<String, i64> = self.connection.clone().hgetall(&keys[0]).await?;
+        let Some(limit) = fields.get("limit") else {
+            return Ok(None);
+        };
+        Ok(Some(BudgetCounters {
+            limit: Micros(*limit),
+            reserved: Micros(fields.get("reserved").copied().unwrap_or(0)),
+            spent: Micros(fields.get("spent").copied().unwrap_or(0)),
+        }))
+    }
+
+    /// Returns the reserved amount per job id for a team and month.
+    pub async fn reservations(&self, team: &str, month: &str) -> Result<HashMap<String, i64>> {
+        let keys = self.budget_keys(team, month);
+        Ok(self.connection.clone().hgetall(&keys[1]).await?)
+    }
+
+    pub async fn claim_job(&self, job_id: &str, fingerprint: &str, team: &str) -> Result<Claim> {
+        let reply: Vec<String> = self
+            .claim
+            .key(self.job_key(job_id))
+            .arg(fingerprint)
+            .arg(team)
+            .invoke_async(&mut self.connection.clone())
+            .await?;
+        let state = reply.get(1).cloned().unwrap_or_default();
+        Ok(match reply.first().map(String::as_str) {
+            Some("new") => Claim::New,
+            Some("redelivered") => Claim::Redelivered { state },
+            _ => Claim::Duplicate { state },
+        })
+    }
+
+    /// Claims the creation of a job's provider batch for `lease_secs` seconds.
+    pub async fn claim_creation(&self, job_id: &str, lease_secs: u64) -> Result<CreationClaim> {
+        let reply: String = self
+            .claim_creation
+            .key(self.job_key(job_id))
+            .arg(lease_secs)
+            .invoke_async(&mut self.connection.clone())
+            .await?;
+        Ok(match reply.as_str() {
+            "fresh" => CreationClaim::Fresh,
+            "resume" => CreationClaim::Resume,
+            "busy" => CreationClaim::Busy,
+            _ => CreationClaim::Other(reply),
+        })
+    }
+
+    pub async fn set_job_fields(&self, job_id: &str, fields: &[(&str, String)]) -> Result<()> {
+        let _: () = self
+            .connection
+            .clone()
+            .hset_multiple(self.job_key(job_id), fields)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn job(&self, job_id: &str) -> Result<HashMap<String, String>> {
+        Ok(self
+            .connection
+            .clone()
+            .hgetall(self.job_key(job_id))
+            .await?)
+    }
+
+    pub async fn append_history(&self, job_id: &str, event_json: &str) -> Result<()> {
+        let _: () = self
+            .connection
+            .clone()
+            .rpush(self.history_key(job_id), event_json)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn history(&self, job_id: &str) -> Result<Vec<String>> {
+        Ok(self
+            .connection
+            .clone()
+            .lrange(self.history_key(job_id), 0, -1)
+            .await?)
+    }
+
+    pub async fn mark_inflight(&self, job_id: &str, inflight: bool) -> Result<()> {
+        let mut connection = self.connection.clone();
+        let _: () = if inflight {
+            connection.sadd(self.inflight_key(), job_id).await?
+        } else {
+            connection.srem(self.inflight_key(), job_id).await?
+        };
+        Ok(())
+    }
+
+    pub async fn inflight_jobs(&self) -> Result<Vec<String>> {
+        Ok(self
+            .connection
+            .clone()
+            .smembers(self.inflight_key())
+            .await?)
+    }
+
+    /// Deletes every key under this store's prefix; used by tests to clean up.
+    pub async fn delete_prefix(&self) -> Result<u64> {
+        let mut connection = self.connection.clone();
+        let pattern = format!("{}:*", self.prefix);
+        let mut cursor: u64 = 0;
+        let mut deleted = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut connection)
+                .await?;
+            if !keys.is_empty() {
+                let removed: u64 = connection.del(&keys).await?;
+                deleted += removed;
+            }
+            if next == 0 {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
+    }
+}
