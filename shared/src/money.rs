@@ -47,7 +47,7 @@ impl Micros {
 impl fmt::Display for Micros {
     /// Formats as a currency amount with six decimals, for example `12.345678`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.to_decimal())
+        f.pad(&self.to_decimal().to_string())
     }
 }
 
