@@ -80,12 +80,8 @@ fn prepare(config: &Config, arguments: &SubmitArguments) -> Result<JobMessage, F
         estimate,
         price.currency
     );
-    let uri = format!(
-        "file://{}",
-        input
-            .to_str()
-            .ok_or_else(|| Failure::Invalid("input path is not UTF-8".into()))?
-    );
+    let uri = InputRef::file_uri(&input)
+        .ok_or_else(|| Failure::Invalid(format!("input path {} is not UTF-8", input.display())))?;
     Ok(JobMessage {
         schema_version: JOB_SCHEMA_VERSION,
         manifest,

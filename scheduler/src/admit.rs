@@ -15,7 +15,7 @@ use tracing::Instrument;
 
 use crate::Scheduler;
 
-/// What happened to a job message.
+/// Outcome of admitting a job message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admission {
     Accepted {

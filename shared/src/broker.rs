@@ -152,11 +152,15 @@ impl Broker {
 
     /// Opens a channel for consuming.
     pub async fn channel(&self) -> Result<Channel> {
-        Ok(self.connection.create_channel().await?)
+        with_timeout("opening a channel", self.connection.create_channel()).await
     }
 
     /// Declares every exchange and queue; safe to run from every process.
     pub async fn declare_topology(&self, poll_delays_secs: &[u64]) -> Result<()> {
+        with_timeout("declaring the topology", self.declare_all(poll_delays_secs)).await
+    }
+
+    async fn declare_all(&self, poll_delays_secs: &[u64]) -> Result<()> {
         let names = &self.names;
         let channel = &self.publisher;
         for (exchange, kind) in [
@@ -331,6 +335,22 @@ impl Broker {
 
     pub async fn close(&self) {
         let _ = self.connection.close(200, "closing".into()).await;
+    }
+}
+
+/// Time a broker operation other than a publish may take.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn with_timeout<T, E: Into<Error>>(
+    operation: &str,
+    future: impl Future<Output = std::result::Result<T, E>>,
+) -> Result<T> {
+    match tokio::time::timeout(OPERATION_TIMEOUT, future).await {
+        Ok(result) => result.map_err(Into::into),
+        Err(_) => Err(Error::Broker(format!(
+            "{operation} timed out after {} s",
+            OPERATION_TIMEOUT.as_secs()
+        ))),
     }
 }
 

@@ -366,3 +366,20 @@ monthly_budget_usd = "40.00"
         assert!(error.contains("teams.search.monthly_budget_usd"), "{error}");
     }
 }
+
+#[cfg(test)]
+mod shipped_files {
+    use super::*;
+
+    #[test]
+    fn shipped_configuration_and_prices_load() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let config = Config::load(&root.join("config/batchgate.toml")).unwrap();
+        let prices = crate::pricing::PriceTable::load(&config.price_table).unwrap();
+        for team in ["data-eng", "search", "ml-eval"] {
+            assert!(config.team_budget(team).is_some(), "team {team}");
+        }
+        assert!(prices.latest("openai", "gpt-6-luna").is_some());
+        assert!(prices.latest("openai", "text-embedding-3-small").is_some());
+    }
+}

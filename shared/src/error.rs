@@ -31,7 +31,7 @@ pub enum Error {
     #[error("{0}")]
     Invalid(String),
 
-    /// A provider call failed; `retryable` tells whether repeating it may succeed.
+    /// A provider call failed. `retryable` is true when repeating it may succeed.
     #[error("provider request {operation} failed: {message}")]
     Provider {
         operation: String,

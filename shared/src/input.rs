@@ -20,7 +20,7 @@ use crate::tokens::count_prompt_tokens;
 /// Line problems reported before the list is cut short.
 const MAX_REPORTED_PROBLEMS: usize = 20;
 
-/// What submit and the scheduler learn from a valid input file.
+/// Counts and checksum of a valid input file, for submit and the scheduler.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InputSummary {
     pub requests: u64,

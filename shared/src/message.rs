@@ -24,7 +24,7 @@ pub struct JobMessage {
     pub submitted_at: DateTime<Utc>,
 }
 
-/// Where the worker finds the input file, and what submit saw in it.
+/// Location of the input file, with what submit counted in it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InputRef {
@@ -39,22 +39,86 @@ pub struct InputRef {
     pub bytes: Option<u64>,
 }
 
+/// Characters escaped in a file URI path: controls, space and the URI delimiters.
+const PATH_ESCAPES: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'?')
+    .add(b'<')
+    .add(b'>');
+
 impl InputRef {
-    /// Returns the local path of a `file://` URI.
+    /// Formats an absolute path as a `file://` URI, percent-encoding what needs it.
+    pub fn file_uri(path: &std::path::Path) -> Option<String> {
+        let text = path.to_str()?;
+        Some(format!(
+            "file://{}",
+            percent_encoding::utf8_percent_encode(text, PATH_ESCAPES)
+        ))
+    }
+
+    /// Returns the local path of a `file://` URI (host empty or `localhost`),
+    /// percent-decoded as RFC 8089 file URIs are.
     pub fn local_path(&self) -> Result<std::path::PathBuf, String> {
-        let path = self.uri.strip_prefix("file://").ok_or_else(|| {
+        let rest = self.uri.strip_prefix("file://").ok_or_else(|| {
             format!(
                 "unsupported input uri {:?}: only absolute file:// URIs are read",
                 self.uri
             )
         })?;
+        let path = rest.strip_prefix("localhost").unwrap_or(rest);
         if !path.starts_with('/') {
             return Err(format!(
                 "input uri {:?} is not an absolute file:// path",
                 self.uri
             ));
         }
-        Ok(std::path::PathBuf::from(path))
+        let decoded = percent_encoding::percent_decode_str(path)
+            .decode_utf8()
+            .map_err(|_| format!("input uri {:?} does not decode to a UTF-8 path", self.uri))?;
+        Ok(std::path::PathBuf::from(decoded.into_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(uri: &str) -> InputRef {
+        InputRef {
+            uri: uri.to_owned(),
+            sha256: None,
+            requests: None,
+            bytes: None,
+        }
+    }
+
+    #[test]
+    fn file_uris_decode_to_paths() {
+        let path = input("file:///data/my%20jobs/in.jsonl")
+            .local_path()
+            .unwrap();
+        assert_eq!(path, std::path::PathBuf::from("/data/my jobs/in.jsonl"));
+        let path = input("file://localhost/data/in.jsonl")
+            .local_path()
+            .unwrap();
+        assert_eq!(path, std::path::PathBuf::from("/data/in.jsonl"));
+    }
+
+    #[test]
+    fn paths_round_trip_through_uris() {
+        let path = std::path::Path::new("/data/100% done/#1 in.jsonl");
+        let uri = InputRef::file_uri(path).unwrap();
+        assert_eq!(uri, "file:///data/100%25%20done/%231%20in.jsonl");
+        assert_eq!(input(&uri).local_path().unwrap(), path);
+    }
+
+    #[test]
+    fn other_uris_are_rejected() {
+        assert!(input("s3://bucket/in.jsonl").local_path().is_err());
+        assert!(input("file://relative/in.jsonl").local_path().is_err());
     }
 }
 

@@ -1,8 +1,8 @@
 //! Client for the OpenAI Files and Batches APIs.
 //!
 //! Every call has a timeout. Calls that fail with 408, 429, 5xx or a network
-//! error are retried with exponential backoff and jitter up to the configured
-//! number of attempts; a `Retry-After` header sets the next delay instead.
+//! error are retried with exponential backoff and jitter, up to the configured
+//! number of attempts. A `Retry-After` header sets the next delay instead.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -18,7 +18,7 @@ use tokio::io::AsyncBufReadExt;
 use crate::config::ProviderConfig;
 use crate::error::{Error, Result};
 
-/// Longest wait a `Retry-After` header may impose before the next attempt.
+/// Maximum wait a `Retry-After` header may set before the next attempt.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
 
 /// Batch statuses after which nothing changes.
@@ -272,8 +272,8 @@ impl OpenAiClient {
     }
 
     /// Streams a file's content and calls `on_line` with each line, without the
-    /// whole file in memory. A failed download is retried from the start: before
-    /// each attempt `on_line(None)` tells the caller to drop what it counted.
+    /// whole file in memory. A failed download is retried from the start, so
+    /// before each attempt `on_line(None)` signals the caller to drop what it counted.
     pub async fn stream_file_lines(
         &self,
         file_id: &str,

@@ -29,7 +29,7 @@ pub struct PriceEntry {
     /// First UTC day on which these prices apply.
     pub effective_from: NaiveDate,
     pub currency: String,
-    /// Where the prices were read, for the reader who has to defend them.
+    /// Source of the prices, for the reader who has to defend them.
     pub source: String,
     /// BPE encoding for the pre-flight estimate (`o200k_base`, `cl100k_base`).
     #[serde(default)]

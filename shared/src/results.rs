@@ -53,8 +53,8 @@ impl ResultTotals {
         self.duplicate_lines += other.duplicate_lines;
     }
 
-    /// Adds one result line; returns a description of the problem for a line that
-    /// cannot be read, which the caller reports with its file and line number.
+    /// Adds one result line. A line that cannot be read returns a description of
+    /// the problem, and the caller reports it with its file and line number.
     pub fn add_line(&mut self, line: &[u8]) -> Result<(), String> {
         let trimmed = line.trim_ascii();
         if trimmed.is_empty() {

@@ -50,7 +50,7 @@ redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
 return 1
 "#;
 
-/// Creates the job record if it is new; otherwise tells whether the same
+/// Creates the job record if it is new. Otherwise returns whether the same
 /// message came back (a redelivery) or another message reused the job id.
 const CLAIM_JOB_SCRIPT: &str = r#"
 local fingerprint = redis.call('HGET', KEYS[1], 'fingerprint')
@@ -66,7 +66,7 @@ return {'duplicate', state}
 "#;
 
 /// Moves an accepted job to `creating` under a lease, so that only one worker
-/// creates its provider batch; a lapsed lease (its worker died) can be taken over.
+/// creates its provider batch. Another worker may take over a lapsed lease.
 const CLAIM_CREATION_SCRIPT: &str = r#"
 local state = redis.call('HGET', KEYS[1], 'state')
 local now = tonumber(redis.call('TIME')[1])
@@ -116,7 +116,7 @@ impl BudgetCounters {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reservation {
     Reserved(BudgetCounters),
-    /// The job id already holds a reservation or was settled; nothing changed.
+    /// The job id already has a reservation or was settled, so nothing changed.
     AlreadyReserved(BudgetCounters),
     /// The amount does not fit; nothing changed.
     OverBudget(BudgetCounters),

@@ -205,7 +205,7 @@ impl TestEnv {
             schema_version: JOB_SCHEMA_VERSION,
             manifest,
             input: InputRef {
-                uri: format!("file://{}", input.display()),
+                uri: InputRef::file_uri(input).expect("UTF-8 path"),
                 sha256: None,
                 requests: None,
                 bytes: None,
@@ -302,7 +302,7 @@ async fn worker_with_key(config: Config) -> Arc<batchgate_worker::Worker> {
         .expect("worker connects")
 }
 
-/// A manifest for `team` with the given job id, for the chat sample.
+/// Builds a manifest for `team` with the given job id, for the chat sample.
 pub fn chat_manifest(job_id: &str, team: &str, cost_center: &str) -> Manifest {
     Manifest {
         job_id: job_id.to_owned(),
