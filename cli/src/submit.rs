@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use batchgate_shared::broker::Broker;
 use batchgate_shared::config::Config;
-use batchgate_shared::input::validate_openai_input;
+use batchgate_shared::input::validate_input;
 use batchgate_shared::manifest::Manifest;
 use batchgate_shared::message::{InputRef, JOB_SCHEMA_VERSION, JobMessage};
 use batchgate_shared::pricing::PriceTable;
@@ -68,13 +68,17 @@ fn prepare(config: &Config, arguments: &SubmitArguments) -> Result<JobMessage, F
             arguments.input.display()
         ))
     })?;
-    let summary = validate_openai_input(&input, &manifest, price, &config.providers.openai)
+    let limits = config.providers.get(&manifest.provider).ok_or_else(|| {
+        Failure::Invalid(format!("provider {} is not configured", manifest.provider))
+    })?;
+    let summary = validate_input(&input, &manifest, price, limits)
         .map_err(|error| Failure::Invalid(error.to_string()))?;
     let estimate = price.estimate(summary.input_tokens, summary.max_output_tokens)?;
     eprintln!(
-        "validated {}: {} requests, {} bytes, {} prompt tokens; estimated batch cost at most {} {}",
+        "validated {}: {} requests in {} provider batches, {} bytes, {} prompt tokens; estimated batch cost at most {} {}",
         input.display(),
         summary.requests,
+        summary.parts.len(),
         summary.bytes,
         summary.input_tokens,
         estimate,

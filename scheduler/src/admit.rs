@@ -1,7 +1,7 @@
 //! Admission of one submitted job message.
 
 use batchgate_shared::broker::ready_routing_key;
-use batchgate_shared::input::{hex, validate_openai_input};
+use batchgate_shared::input::{hex, validate_input};
 use batchgate_shared::journal;
 use batchgate_shared::manifest::check_job_id;
 use batchgate_shared::message::{JOB_SCHEMA_VERSION, JobEvent, JobMessage, event, month_of};
@@ -141,10 +141,14 @@ impl Scheduler {
             Ok(path) => path,
             Err(reason) => return self.reject(job, reason, serde_json::Value::Null).await,
         };
-        let (limits, checked_manifest) = (self.config.providers.openai.clone(), manifest.clone());
+        let Some(limits) = self.config.providers.get(&manifest.provider).cloned() else {
+            let reason = format!("provider {} is not configured", manifest.provider);
+            return self.reject(job, reason, serde_json::Value::Null).await;
+        };
+        let checked_manifest = manifest.clone();
         let checked_price = price.clone();
         let summary = tokio::task::spawn_blocking(move || {
-            validate_openai_input(&path, &checked_manifest, &checked_price, &limits)
+            validate_input(&path, &checked_manifest, &checked_price, &limits)
         })
         .await
         .map_err(|error| Error::Invalid(format!("input validation task failed: {error}")))?;
@@ -188,6 +192,7 @@ impl Scheduler {
             "requests": summary.requests,
             "input_tokens": summary.input_tokens,
             "max_output_tokens": summary.max_output_tokens,
+            "parts": summary.parts.len(),
             "month": month,
         });
         match self
@@ -222,6 +227,8 @@ impl Scheduler {
                     ("requests", summary.requests.to_string()),
                     ("input_bytes", summary.bytes.to_string()),
                     ("input_tokens", summary.input_tokens.to_string()),
+                    ("parts", summary.parts.len().to_string()),
+                    ("plan", part_plan_json(&summary.parts)),
                 ],
             )
             .await?;
@@ -241,8 +248,10 @@ impl Scheduler {
             )
             .await?;
         let message = format!(
-            "accepted: estimated cost {estimate} USD for {} requests reserved against team {}'s {month} budget",
-            summary.requests, manifest.owner_team
+            "accepted: estimated cost {estimate} USD for {} requests in {} provider batches reserved against team {}'s {month} budget",
+            summary.requests,
+            summary.parts.len(),
+            manifest.owner_team
         );
         let mut accepted = JobEvent::new(event::ACCEPTED, &job_id, &manifest.owner_team, message);
         accepted.detail = estimate_detail;
@@ -290,4 +299,13 @@ impl Scheduler {
             .await?;
         Ok(Admission::DeadLettered { reason })
     }
+}
+
+/// Serialises the part plan as `[[first_line, requests, bytes], ...]` for the worker.
+fn part_plan_json(parts: &[batchgate_shared::input::PartBounds]) -> String {
+    let plan: Vec<[u64; 3]> = parts
+        .iter()
+        .map(|part| [part.first_line, part.requests, part.bytes])
+        .collect();
+    serde_json::to_string(&plan).unwrap_or_default()
 }

@@ -5,9 +5,9 @@
 //!
 //! | name | kind | purpose |
 //! | --- | --- | --- |
-//! | `P.jobs` | topic exchange | `job.submitted`, `job.ready.openai` |
+//! | `P.jobs` | topic exchange | `job.submitted`, `job.ready.<provider>` |
 //! | `P.jobs.submitted` | quorum queue | consumed by schedulers |
-//! | `P.jobs.ready.openai` | quorum queue | consumed by workers |
+//! | `P.jobs.ready.<provider>` | quorum queue | consumed by workers holding that provider's key |
 //! | `P.events` | topic exchange | job events, routing key = event name |
 //! | `P.events.stream` | stream queue | replayable job history |
 //! | `P.ledger` | topic exchange | ledger records, key `ledger.<provider>.<team>` |
@@ -182,15 +182,17 @@ impl Broker {
         let submitted = names.submitted_queue();
         declare_queue(channel, &submitted, quorum_arguments()).await?;
         bind(channel, &submitted, &names.jobs_exchange(), "job.submitted").await?;
-        let ready = names.ready_queue("openai");
-        declare_queue(channel, &ready, quorum_arguments()).await?;
-        bind(
-            channel,
-            &ready,
-            &names.jobs_exchange(),
-            &ready_routing_key("openai"),
-        )
-        .await?;
+        for provider in crate::provider::PROVIDERS {
+            let ready = names.ready_queue(provider);
+            declare_queue(channel, &ready, quorum_arguments()).await?;
+            bind(
+                channel,
+                &ready,
+                &names.jobs_exchange(),
+                &ready_routing_key(provider),
+            )
+            .await?;
+        }
 
         declare_queue(
             channel,

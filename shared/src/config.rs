@@ -90,41 +90,102 @@ pub struct TeamConfig {
     pub monthly_budget_usd: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Settings of each provider, with defaults filled in per provider.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(from = "ProvidersFile")]
 pub struct ProvidersConfig {
-    #[serde(default)]
     pub openai: ProviderConfig,
+    pub anthropic: ProviderConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+impl Default for ProvidersConfig {
+    fn default() -> Self {
+        ProvidersFile::default().into()
+    }
+}
+
+impl ProvidersConfig {
+    pub fn get(&self, provider: &str) -> Option<&ProviderConfig> {
+        match provider {
+            "openai" => Some(&self.openai),
+            "anthropic" => Some(&self.anthropic),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
 pub struct ProviderConfig {
-    #[serde(default = "default_openai_base_url")]
     pub base_url: String,
-    #[serde(default = "default_request_timeout")]
     pub request_timeout_secs: u64,
     /// Attempts for one provider call before the job step fails.
-    #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
-    #[serde(default = "default_max_requests")]
     pub max_requests_per_batch: u64,
-    /// Largest input file in bytes (OpenAI documents 200 MB).
-    #[serde(default = "default_max_file_bytes")]
+    /// Largest input file (OpenAI) or create request body (Anthropic), in bytes.
     pub max_file_bytes: u64,
-    #[serde(default = "default_max_requests")]
     pub max_embedding_inputs: u64,
+    /// Provider batches one worker creates at the same time.
+    pub max_concurrent_creates: usize,
+    /// Polls one worker runs at the same time.
+    pub max_concurrent_polls: usize,
+    /// Delay before a batch that failed with `token_limit_exceeded` is created again.
+    pub token_limit_retry_secs: u64,
+    /// Creations after `token_limit_exceeded` before the part is marked failed.
+    pub max_token_limit_retries: u32,
 }
 
-impl Default for ProviderConfig {
-    fn default() -> Self {
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProvidersFile {
+    #[serde(default)]
+    openai: ProviderFile,
+    #[serde(default)]
+    anthropic: ProviderFile,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProviderFile {
+    base_url: Option<String>,
+    request_timeout_secs: Option<u64>,
+    max_attempts: Option<u32>,
+    max_requests_per_batch: Option<u64>,
+    max_file_bytes: Option<u64>,
+    max_embedding_inputs: Option<u64>,
+    max_concurrent_creates: Option<usize>,
+    max_concurrent_polls: Option<usize>,
+    token_limit_retry_secs: Option<u64>,
+    max_token_limit_retries: Option<u32>,
+}
+
+impl From<ProvidersFile> for ProvidersConfig {
+    fn from(file: ProvidersFile) -> Self {
+        // Limits as the providers document them: OpenAI 50,000 requests and 200 MB
+        // per input file; Anthropic 100,000 requests or 256 MB per batch.
+        ProvidersConfig {
+            openai: file
+                .openai
+                .resolve("https://api.openai.com", 50_000, 200_000_000),
+            anthropic: file
+                .anthropic
+                .resolve("https://api.anthropic.com", 100_000, 256_000_000),
+        }
+    }
+}
+
+impl ProviderFile {
+    fn resolve(self, base_url: &str, max_requests: u64, max_bytes: u64) -> ProviderConfig {
         ProviderConfig {
-            base_url: default_openai_base_url(),
-            request_timeout_secs: default_request_timeout(),
-            max_attempts: default_max_attempts(),
-            max_requests_per_batch: default_max_requests(),
-            max_file_bytes: default_max_file_bytes(),
-            max_embedding_inputs: default_max_requests(),
+            base_url: self.base_url.unwrap_or_else(|| base_url.to_owned()),
+            request_timeout_secs: self.request_timeout_secs.unwrap_or(60),
+            max_attempts: self.max_attempts.unwrap_or(5),
+            max_requests_per_batch: self.max_requests_per_batch.unwrap_or(max_requests),
+            max_file_bytes: self.max_file_bytes.unwrap_or(max_bytes),
+            max_embedding_inputs: self.max_embedding_inputs.unwrap_or(50_000),
+            max_concurrent_creates: self.max_concurrent_creates.unwrap_or(4),
+            max_concurrent_polls: self.max_concurrent_polls.unwrap_or(16),
+            token_limit_retry_secs: self.token_limit_retry_secs.unwrap_or(600),
+            max_token_limit_retries: self.max_token_limit_retries.unwrap_or(5),
         }
     }
 }
@@ -175,18 +236,6 @@ fn default_prefix() -> String {
 fn default_connect_timeout() -> u64 {
     10
 }
-fn default_request_timeout() -> u64 {
-    60
-}
-fn default_max_attempts() -> u32 {
-    5
-}
-fn default_max_requests() -> u64 {
-    50_000
-}
-fn default_max_file_bytes() -> u64 {
-    200_000_000
-}
 fn default_prefetch() -> u16 {
     8
 }
@@ -196,18 +245,19 @@ fn default_poll_interval() -> u64 {
 fn default_creation_lease() -> u64 {
     900
 }
-fn default_openai_base_url() -> String {
-    "https://api.openai.com".to_owned()
-}
 
 /// Environment variables that override a configuration value, with the key they set.
-pub const ENV_OVERRIDES: [(&str, &str); 7] = [
+pub const ENV_OVERRIDES: [(&str, &str); 8] = [
     ("BATCHGATE_BROKER_URL", "broker.url"),
     ("BATCHGATE_BROKER_PREFIX", "broker.prefix"),
     ("BATCHGATE_REDIS_URL", "redis.url"),
     ("BATCHGATE_REDIS_PREFIX", "redis.prefix"),
     ("BATCHGATE_PRICE_TABLE", "price_table"),
     ("BATCHGATE_OPENAI_BASE_URL", "providers.openai.base_url"),
+    (
+        "BATCHGATE_ANTHROPIC_BASE_URL",
+        "providers.anthropic.base_url",
+    ),
     ("BATCHGATE_POLL_INTERVAL_SECS", "worker.poll_interval_secs"),
 ];
 
@@ -255,6 +305,9 @@ impl Config {
         }
         if let Some(url) = lookup("BATCHGATE_OPENAI_BASE_URL") {
             self.providers.openai.base_url = url;
+        }
+        if let Some(url) = lookup("BATCHGATE_ANTHROPIC_BASE_URL") {
+            self.providers.anthropic.base_url = url;
         }
         if let Some(secs) = lookup("BATCHGATE_POLL_INTERVAL_SECS") {
             self.worker.poll_interval_secs = secs.parse().map_err(|_| {
@@ -307,14 +360,13 @@ impl Config {
     }
 }
 
-/// Reads the OpenAI API key from `OPENAI_API_KEY`.
-pub fn openai_api_key() -> Result<String> {
-    match std::env::var("OPENAI_API_KEY") {
-        Ok(key) if !key.trim().is_empty() => Ok(key),
-        _ => Err(Error::Config(
-            "OPENAI_API_KEY is not set: export the API key (keys are never read from the configuration file)".into(),
-        )),
-    }
+/// Reads a provider's API key from its environment variable
+/// (`OPENAI_API_KEY`, `ANTHROPIC_API_KEY`); returns `None` when it is unset.
+pub fn api_key(provider: &str) -> Option<String> {
+    let variable = format!("{}_API_KEY", provider.to_ascii_uppercase());
+    std::env::var(variable)
+        .ok()
+        .filter(|key| !key.trim().is_empty())
 }
 
 #[cfg(test)]

@@ -8,7 +8,8 @@
 //! - [`message`]: job messages, job events and ledger records.
 //! - [`broker`]: exchanges, queues and confirmed publishing on RabbitMQ.
 //! - [`store`]: budgets, reservations and job state in Redis.
-//! - [`openai`] and [`results`]: the provider client and result-file accounting.
+//! - [`provider`] and [`results`]: the OpenAI and Anthropic clients behind one
+//!   trait, and result-file accounting.
 
 pub mod broker;
 pub mod config;
@@ -18,10 +19,11 @@ pub mod journal;
 pub mod manifest;
 pub mod message;
 pub mod money;
-pub mod openai;
 pub mod pricing;
+pub mod provider;
 pub mod replay;
 pub mod results;
+pub mod split;
 pub mod store;
 pub mod telemetry;
 pub mod tokens;

@@ -13,7 +13,19 @@ pub const OPENAI_ENDPOINTS: [&str; 4] = [
     "/v1/completions",
 ];
 
-/// Longest `purpose`, so that it fits an OpenAI metadata value (512 characters).
+/// The Anthropic Message Batches API takes Messages requests only.
+pub const ANTHROPIC_ENDPOINTS: [&str; 1] = ["/v1/messages"];
+
+/// Returns the endpoints batchgate accepts for a provider, or `None` for an unknown provider.
+pub fn endpoints_of(provider: &str) -> Option<&'static [&'static str]> {
+    match provider {
+        "openai" => Some(&OPENAI_ENDPOINTS),
+        "anthropic" => Some(&ANTHROPIC_ENDPOINTS),
+        _ => None,
+    }
+}
+
+/// Maximum `purpose`, so that it fits an OpenAI metadata value (512 characters).
 pub const MAX_PURPOSE_CHARS: usize = 512;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,22 +146,23 @@ impl Manifest {
                 format!("longer than {MAX_PURPOSE_CHARS} characters"),
             ));
         }
-        if self.provider != "openai" {
-            return Err(invalid(
+        let endpoints = endpoints_of(&self.provider).ok_or_else(|| {
+            invalid(
                 "provider",
                 format!(
-                    "unsupported provider {:?}; supported: openai",
+                    "unsupported provider {:?}; supported: openai, anthropic",
                     self.provider
                 ),
-            ));
-        }
-        if !OPENAI_ENDPOINTS.contains(&self.endpoint.as_str()) {
+            )
+        })?;
+        if !endpoints.contains(&self.endpoint.as_str()) {
             return Err(invalid(
                 "endpoint",
                 format!(
-                    "unsupported endpoint {:?}; supported: {}",
+                    "unsupported endpoint {:?} for {}; supported: {}",
                     self.endpoint,
-                    OPENAI_ENDPOINTS.join(", ")
+                    self.provider,
+                    endpoints.join(", ")
                 ),
             ));
         }
@@ -157,7 +170,7 @@ impl Manifest {
             return Err(invalid(
                 "completion_window",
                 format!(
-                    "unsupported window {:?}; OpenAI batches accept only \"24h\"",
+                    "unsupported window {:?}; provider batches accept only \"24h\"",
                     self.completion_window
                 ),
             ));

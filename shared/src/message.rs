@@ -129,7 +129,11 @@ pub mod event {
     pub const REJECTED: &str = "job.rejected";
     pub const BATCH_CREATED: &str = "job.batch_created";
     pub const BATCH_ENDED: &str = "job.batch_ended";
+    pub const PART_DEFERRED: &str = "job.part_deferred";
+    pub const CANCEL_REQUESTED: &str = "job.cancel_requested";
     pub const COMPLETED: &str = "job.completed";
+    pub const CANCELLED: &str = "job.cancelled";
+    pub const NEEDS_REVIEW: &str = "job.needs_review";
     pub const FAILED: &str = "job.failed";
 }
 
@@ -170,7 +174,23 @@ pub struct RequestCounts {
     pub total: u64,
     pub succeeded: u64,
     pub failed: u64,
+    /// Failed requests whose error says a retry may succeed (429, 5xx, overloaded).
+    #[serde(default)]
+    pub failed_retryable: u64,
     pub expired: u64,
+    #[serde(default)]
+    pub cancelled: u64,
+}
+
+impl RequestCounts {
+    pub fn add(&mut self, other: &RequestCounts) {
+        self.total += other.total;
+        self.succeeded += other.succeeded;
+        self.failed += other.failed;
+        self.failed_retryable += other.failed_retryable;
+        self.expired += other.expired;
+        self.cancelled += other.cancelled;
+    }
 }
 
 /// The cost of one provider batch, published once to the ledger exchange.
@@ -188,9 +208,14 @@ pub struct LedgerRecord {
     pub model: String,
     pub endpoint: String,
     pub provider_batch_id: String,
-    /// Provider status the batch ended in (`completed`, `expired`, `cancelled`, `failed`).
+    /// Zero-based index of the job part this batch ran, and the job's part count.
+    pub part_index: u32,
+    pub parts_total: u32,
+    /// How the batch ended: `completed`, `expired` or `cancelled`.
     pub provider_status: String,
     pub requests: RequestCounts,
+    /// Result lines that repeated a `custom_id` already counted, billed once.
+    pub duplicate_result_lines: u64,
     pub tokens: TokenCounts,
     pub currency: String,
     /// Cost at standard rates.

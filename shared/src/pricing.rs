@@ -37,10 +37,25 @@ pub struct PriceEntry {
     /// Output bound used in the estimate for requests that set no max tokens.
     #[serde(default)]
     pub max_output_tokens: Option<u64>,
+    /// Factor on the counted prompt tokens in the estimate, for providers whose
+    /// tokenizer is not public (the count is then an approximation).
+    #[serde(default = "one")]
+    pub estimate_input_factor: Decimal,
+    /// Request outcomes whose usage is billed (`succeeded`, `failed`).
+    #[serde(default = "succeeded_only")]
+    pub billed_outcomes: Vec<String>,
     /// Standard (interactive) rates: the list price.
     pub standard: Rates,
     /// Batch rates: what a provider batch is billed.
     pub batch: Rates,
+}
+
+fn one() -> Decimal {
+    Decimal::ONE
+}
+
+fn succeeded_only() -> Vec<String> {
+    vec!["succeeded".to_owned()]
 }
 
 /// USD per million tokens for each token class; a missing class cannot be priced.
@@ -50,8 +65,12 @@ pub struct Rates {
     pub input: Decimal,
     #[serde(default)]
     pub cached_input: Option<Decimal>,
+    /// Cache writes: OpenAI's, or Anthropic's 5-minute cache.
     #[serde(default)]
     pub cache_write: Option<Decimal>,
+    /// Anthropic's 1-hour cache writes.
+    #[serde(default)]
+    pub cache_write_1h: Option<Decimal>,
     #[serde(default)]
     pub output: Option<Decimal>,
 }
@@ -62,6 +81,8 @@ pub struct TokenCounts {
     pub input: u64,
     pub cached_input: u64,
     pub cache_write: u64,
+    #[serde(default)]
+    pub cache_write_1h: u64,
     pub output: u64,
 }
 
@@ -70,6 +91,7 @@ impl TokenCounts {
         self.input += other.input;
         self.cached_input += other.cached_input;
         self.cache_write += other.cache_write;
+        self.cache_write_1h += other.cache_write_1h;
         self.output += other.output;
     }
 }
@@ -167,13 +189,18 @@ impl PriceEntry {
     /// rounding up so the reservation never understates it.
     pub fn estimate(&self, input_tokens: u64, max_output_tokens: u64) -> Result<Micros> {
         let tokens = TokenCounts {
-            input: input_tokens,
             output: max_output_tokens,
             ..TokenCounts::default()
         };
-        let micros =
+        let output =
             rate_sum(&self.batch, &tokens).map_err(|class| self.missing_rate("batch", class))?;
-        Ok(Micros::ceil_from_micro_decimal(micros))
+        let input = Decimal::from(input_tokens) * self.estimate_input_factor * self.batch.input;
+        Ok(Micros::ceil_from_micro_decimal(input + output))
+    }
+
+    /// Reports whether usage of requests with this outcome is billed.
+    pub fn bills(&self, outcome: &str) -> bool {
+        self.billed_outcomes.iter().any(|billed| billed == outcome)
     }
 
     fn missing_rate(&self, tier: &str, class: &str) -> Error {
@@ -190,6 +217,11 @@ fn rate_sum(rates: &Rates, tokens: &TokenCounts) -> std::result::Result<Decimal,
         ("input", tokens.input, Some(rates.input)),
         ("cached_input", tokens.cached_input, rates.cached_input),
         ("cache_write", tokens.cache_write, rates.cache_write),
+        (
+            "cache_write_1h",
+            tokens.cache_write_1h,
+            rates.cache_write_1h,
+        ),
         ("output", tokens.output, rates.output),
     ];
     let mut total = Decimal::ZERO;
@@ -216,16 +248,20 @@ mod tests {
             source: "test".into(),
             tokenizer: None,
             max_output_tokens: None,
+            estimate_input_factor: Decimal::ONE,
+            billed_outcomes: succeeded_only(),
             standard: Rates {
                 input: Decimal::new(10, 2),
                 cached_input: Some(Decimal::new(1, 2)),
                 cache_write: None,
+                cache_write_1h: None,
                 output: Some(Decimal::new(50, 2)),
             },
             batch: Rates {
                 input: Decimal::new(5, 2),
                 cached_input: Some(Decimal::new(5, 3)),
                 cache_write: None,
+                cache_write_1h: None,
                 output: Some(Decimal::new(25, 2)),
             },
         }
@@ -236,8 +272,8 @@ mod tests {
         let tokens = TokenCounts {
             input: 1_000_000,
             cached_input: 100,
-            cache_write: 0,
             output: 3,
+            ..TokenCounts::default()
         };
         let cost = entry().price(&tokens).unwrap();
         // 1,000,000 x 0.10 + 100 x 0.01 + 3 x 0.50 = 100,002.5 -> 100,003 (half away from zero)

@@ -1,8 +1,12 @@
-//! Accounting of OpenAI batch output and error files, one line at a time.
+//! Accounting of provider result files, one line at a time.
 //!
-//! Each line is classified by `response.status_code`, not by `error`, because
-//! a rejected request can arrive with `error: null` and a 4xx status. Lines may
-//! come in any order; a `custom_id` seen twice is counted and billed once.
+//! OpenAI lines are classified by `response.status_code`, not by `error`,
+//! because a rejected request can arrive with `error: null` and a 4xx status.
+//! Anthropic lines carry `result.type`. Lines may come in any order; a
+//! `custom_id` seen twice is counted and billed once.
+//!
+//! NOTE: memory grows with the number of distinct `custom_id` values (one
+//! set entry each, to catch duplicates), not with the file size.
 
 use std::collections::HashSet;
 
@@ -10,34 +14,102 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::message::RequestCounts;
-use crate::pricing::TokenCounts;
+use crate::pricing::{PriceEntry, TokenCounts};
+
+/// Layout of a provider's result lines.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ResultFormat {
+    #[default]
+    OpenAi,
+    Anthropic,
+}
+
+impl ResultFormat {
+    pub fn for_provider(provider: &str) -> ResultFormat {
+        if provider == "anthropic" {
+            ResultFormat::Anthropic
+        } else {
+            ResultFormat::OpenAi
+        }
+    }
+}
 
 #[derive(Deserialize)]
-struct ResultLine {
+struct OpenAiLine {
     custom_id: Option<String>,
-    response: Option<ResultResponse>,
+    response: Option<OpenAiResponse>,
     #[serde(default)]
     error: Option<Value>,
 }
 
 #[derive(Deserialize)]
-struct ResultResponse {
+struct OpenAiResponse {
     status_code: u16,
     #[serde(default)]
     body: Value,
 }
 
-/// Running totals over the lines of a provider batch's result files.
+#[derive(Deserialize)]
+struct AnthropicLine {
+    custom_id: Option<String>,
+    result: AnthropicResult,
+}
+
+#[derive(Deserialize)]
+struct AnthropicResult {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    message: Value,
+    #[serde(default)]
+    error: Value,
+}
+
+/// How one request ended.
+enum Outcome {
+    Succeeded(TokenCounts),
+    Failed {
+        retryable: bool,
+        tokens: TokenCounts,
+    },
+    Expired,
+    Cancelled,
+}
+
+/// Running totals over the result lines of one provider batch.
 #[derive(Debug, Default)]
 pub struct ResultTotals {
+    pub format: ResultFormat,
     pub requests: RequestCounts,
-    pub tokens: TokenCounts,
+    /// Usage of succeeded requests.
+    pub tokens_succeeded: TokenCounts,
+    /// Usage reported on failed requests, billed only where the price table says so.
+    pub tokens_failed: TokenCounts,
     /// Lines whose `custom_id` had already been counted.
     pub duplicate_lines: u64,
     seen: HashSet<String>,
 }
 
 impl ResultTotals {
+    pub fn new(format: ResultFormat) -> ResultTotals {
+        ResultTotals {
+            format,
+            ..ResultTotals::default()
+        }
+    }
+
+    /// Returns the usage that the price entry's billing rule bills.
+    pub fn billed_tokens(&self, price: &PriceEntry) -> TokenCounts {
+        let mut tokens = TokenCounts::default();
+        if price.bills("succeeded") {
+            tokens.add(&self.tokens_succeeded);
+        }
+        if price.bills("failed") {
+            tokens.add(&self.tokens_failed);
+        }
+        tokens
+    }
+
     /// Adds the totals of another file of the same batch.
     pub fn merge(&mut self, other: ResultTotals) {
         for custom_id in other.seen {
@@ -45,11 +117,9 @@ impl ResultTotals {
                 self.duplicate_lines += 1;
             }
         }
-        self.requests.total += other.requests.total;
-        self.requests.succeeded += other.requests.succeeded;
-        self.requests.failed += other.requests.failed;
-        self.requests.expired += other.requests.expired;
-        self.tokens.add(&other.tokens);
+        self.requests.add(&other.requests);
+        self.tokens_succeeded.add(&other.tokens_succeeded);
+        self.tokens_failed.add(&other.tokens_failed);
         self.duplicate_lines += other.duplicate_lines;
     }
 
@@ -60,44 +130,96 @@ impl ResultTotals {
         if trimmed.is_empty() {
             return Ok(());
         }
-        let parsed: ResultLine = serde_json::from_slice(trimmed)
-            .map_err(|error| format!("malformed result line: {error}"))?;
-        let custom_id = parsed.custom_id.ok_or("result line has no custom_id")?;
+        let (custom_id, outcome) = match self.format {
+            ResultFormat::OpenAi => parse_openai(trimmed)?,
+            ResultFormat::Anthropic => parse_anthropic(trimmed)?,
+        };
         if !self.seen.insert(custom_id) {
             self.duplicate_lines += 1;
             return Ok(());
         }
         self.requests.total += 1;
-        match parsed.response {
-            Some(response) if response.status_code == 200 => {
+        match outcome {
+            Outcome::Succeeded(tokens) => {
                 self.requests.succeeded += 1;
-                self.tokens.add(&usage_of(&response.body));
+                self.tokens_succeeded.add(&tokens);
             }
-            Some(_) => self.requests.failed += 1,
-            None => {
-                let code = parsed
-                    .error
-                    .as_ref()
-                    .and_then(|error| error.get("code"))
-                    .and_then(Value::as_str);
-                if code == Some("batch_expired") {
-                    self.requests.expired += 1;
-                } else {
-                    self.requests.failed += 1;
-                }
+            Outcome::Failed { retryable, tokens } => {
+                self.requests.failed += 1;
+                self.requests.failed_retryable += u64::from(retryable);
+                self.tokens_failed.add(&tokens);
             }
+            Outcome::Expired => self.requests.expired += 1,
+            Outcome::Cancelled => self.requests.cancelled += 1,
         }
         Ok(())
     }
 }
 
-/// Normalises the usage of a response body into token classes counted once.
+fn parse_openai(line: &[u8]) -> Result<(String, Outcome), String> {
+    let parsed: OpenAiLine =
+        serde_json::from_slice(line).map_err(|error| format!("malformed result line: {error}"))?;
+    let custom_id = parsed.custom_id.ok_or("result line has no custom_id")?;
+    let outcome = match parsed.response {
+        Some(response) if response.status_code == 200 => {
+            Outcome::Succeeded(openai_usage(&response.body))
+        }
+        Some(response) => Outcome::Failed {
+            retryable: response.status_code == 429 || response.status_code >= 500,
+            tokens: openai_usage(&response.body),
+        },
+        None => {
+            let code = parsed
+                .error
+                .as_ref()
+                .and_then(|error| error.get("code"))
+                .and_then(Value::as_str);
+            match code {
+                Some("batch_expired") => Outcome::Expired,
+                Some("batch_cancelled") => Outcome::Cancelled,
+                _ => Outcome::Failed {
+                    retryable: false,
+                    tokens: TokenCounts::default(),
+                },
+            }
+        }
+    };
+    Ok((custom_id, outcome))
+}
+
+fn parse_anthropic(line: &[u8]) -> Result<(String, Outcome), String> {
+    let parsed: AnthropicLine =
+        serde_json::from_slice(line).map_err(|error| format!("malformed result line: {error}"))?;
+    let custom_id = parsed.custom_id.ok_or("result line has no custom_id")?;
+    let outcome = match parsed.result.kind.as_str() {
+        "succeeded" => Outcome::Succeeded(anthropic_usage(&parsed.result.message)),
+        "errored" => {
+            // The error object nests as {"type": "error", "error": {"type": ...}}.
+            let error = &parsed.result.error;
+            let kind = error
+                .pointer("/error/type")
+                .or_else(|| error.get("type"))
+                .and_then(Value::as_str);
+            let retryable = matches!(kind, Some("overloaded_error" | "api_error"));
+            Outcome::Failed {
+                retryable,
+                tokens: TokenCounts::default(),
+            }
+        }
+        "canceled" => Outcome::Cancelled,
+        "expired" => Outcome::Expired,
+        other => return Err(format!("unknown result type {other:?}")),
+    };
+    Ok((custom_id, outcome))
+}
+
+/// Normalises OpenAI usage into token classes counted once.
 ///
 /// Chat Completions report cached and cache-write tokens inside `prompt_tokens`,
 /// and Responses report cached tokens inside `input_tokens`, so both are
 /// subtracted from the plain input. Reasoning tokens are already inside the
 /// output count. Embeddings report `prompt_tokens` only.
-pub fn usage_of(body: &Value) -> TokenCounts {
+pub fn openai_usage(body: &Value) -> TokenCounts {
     let Some(usage) = body.get("usage") else {
         return TokenCounts::default();
     };
@@ -109,8 +231,8 @@ pub fn usage_of(body: &Value) -> TokenCounts {
         return TokenCounts {
             input: input.saturating_sub(cached),
             cached_input: cached,
-            cache_write: 0,
             output: number(usage.get("output_tokens")),
+            ..TokenCounts::default()
         };
     }
     let details = usage.get("prompt_tokens_details");
@@ -122,77 +244,35 @@ pub fn usage_of(body: &Value) -> TokenCounts {
         cached_input: cached,
         cache_write,
         output: number(usage.get("completion_tokens")),
+        ..TokenCounts::default()
+    }
+}
+
+/// Normalises Anthropic usage. Its classes are already separate: `input_tokens`
+/// excludes cache reads and writes, so nothing is subtracted. Cache writes are
+/// split into the 5-minute and 1-hour caches when the breakdown is present,
+/// and count as 5-minute writes otherwise.
+pub fn anthropic_usage(message: &Value) -> TokenCounts {
+    let Some(usage) = message.get("usage") else {
+        return TokenCounts::default();
+    };
+    let number = |value: Option<&Value>| value.and_then(Value::as_u64).unwrap_or(0);
+    let cache_creation = usage.get("cache_creation");
+    let (write_5m, write_1h) = match cache_creation {
+        Some(breakdown) if breakdown.is_object() => (
+            number(breakdown.get("ephemeral_5m_input_tokens")),
+            number(breakdown.get("ephemeral_1h_input_tokens")),
+        ),
+        _ => (number(usage.get("cache_creation_input_tokens")), 0),
+    };
+    TokenCounts {
+        input: number(usage.get("input_tokens")),
+        cached_input: number(usage.get("cache_read_input_tokens")),
+        cache_write: write_5m,
+        cache_write_1h: write_1h,
+        output: number(usage.get("output_tokens")),
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn classifies_by_status_code() {
-        let mut totals = ResultTotals::default();
-        let ok = br#"{"custom_id":"a","response":{"status_code":200,"body":{"usage":{"prompt_tokens":10,"completion_tokens":4}}},"error":null}"#;
-        let rejected = br#"{"custom_id":"b","response":{"status_code":400,"body":{"error":{"message":"bad"}}},"error":null}"#;
-        let expired = br#"{"custom_id":"c","response":null,"error":{"code":"batch_expired","message":"expired"}}"#;
-        for line in [&ok[..], &rejected[..], &expired[..], &ok[..]] {
-            totals.add_line(line).unwrap();
-        }
-        assert_eq!(
-            totals.requests,
-            RequestCounts {
-                total: 3,
-                succeeded: 1,
-                failed: 1,
-                expired: 1
-            }
-        );
-        assert_eq!(totals.duplicate_lines, 1);
-        assert_eq!(
-            totals.tokens,
-            TokenCounts {
-                input: 10,
-                cached_input: 0,
-                cache_write: 0,
-                output: 4
-            }
-        );
-    }
-
-    #[test]
-    fn cached_tokens_are_not_counted_as_input() {
-        let body: Value = serde_json::json!({"usage": {"prompt_tokens": 100, "completion_tokens": 7,
-            "prompt_tokens_details": {"cached_tokens": 60, "cache_write_tokens": 30},
-            "completion_tokens_details": {"reasoning_tokens": 5}}});
-        assert_eq!(
-            usage_of(&body),
-            TokenCounts {
-                input: 10,
-                cached_input: 60,
-                cache_write: 30,
-                output: 7
-            }
-        );
-    }
-
-    #[test]
-    fn responses_usage_is_normalised() {
-        let body: Value = serde_json::json!({"usage": {"input_tokens": 50, "output_tokens": 9,
-            "input_tokens_details": {"cached_tokens": 20}}});
-        assert_eq!(
-            usage_of(&body),
-            TokenCounts {
-                input: 30,
-                cached_input: 20,
-                cache_write: 0,
-                output: 9
-            }
-        );
-    }
-
-    #[test]
-    fn malformed_line_is_an_error() {
-        let mut totals = ResultTotals::default();
-        assert!(totals.add_line(b"{\"custom_id\": \"x\", ").is_err());
-    }
-}
+mod tests;

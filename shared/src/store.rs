@@ -65,19 +65,22 @@ end
 return {'duplicate', state}
 "#;
 
-/// Moves an accepted job to `creating` under a lease, so that only one worker
-/// creates its provider batch. Another worker may take over a lapsed lease.
+/// Moves a pending part to `creating` under a lease, so that only one worker
+/// creates its provider batch. A deferred part becomes claimable once its
+/// `not_before` time passed, and another worker may take over a lapsed lease.
 const CLAIM_CREATION_SCRIPT: &str = r#"
 local state = redis.call('HGET', KEYS[1], 'state')
 local now = tonumber(redis.call('TIME')[1])
-if state == 'accepted' then
-  redis.call('HSET', KEYS[1], 'state', 'creating', 'creating_until', now + tonumber(ARGV[1]))
+local lease = now + tonumber(ARGV[1])
+local not_before = tonumber(redis.call('HGET', KEYS[1], 'not_before') or '0')
+if state == 'pending' or (state == 'deferred' and not_before <= now) then
+  redis.call('HSET', KEYS[1], 'state', 'creating', 'creating_until', lease, 'intent_at', now)
   return 'fresh'
 end
 if state == 'creating' then
   local until_ = tonumber(redis.call('HGET', KEYS[1], 'creating_until') or '0')
   if until_ < now then
-    redis.call('HSET', KEYS[1], 'creating_until', now + tonumber(ARGV[1]))
+    redis.call('HSET', KEYS[1], 'creating_until', lease)
     return 'resume'
   end
   return 'busy'
@@ -88,13 +91,13 @@ return state or ''
 /// Result of a worker's attempt to create a job's provider batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CreationClaim {
-    /// The job was accepted and is now this worker's to create.
+    /// The part was pending and is now this worker's to create.
     Fresh,
     /// An earlier worker's lease lapsed: it may have created the batch already.
     Resume,
     /// Another worker holds the lease.
     Busy,
-    /// The job is in another state (the state is given), so there is nothing to create.
+    /// The part is in another state (the state is given), so there is nothing to create.
     Other(String),
 }
 
@@ -285,11 +288,16 @@ impl Store {
         })
     }
 
-    /// Claims the creation of a job's provider batch for `lease_secs` seconds.
-    pub async fn claim_creation(&self, job_id: &str, lease_secs: u64) -> Result<CreationClaim> {
+    /// Claims the creation of a part's provider batch for `lease_secs` seconds.
+    pub async fn claim_creation(
+        &self,
+        job_id: &str,
+        part: u32,
+        lease_secs: u64,
+    ) -> Result<CreationClaim> {
         let reply: String = self
             .claim_creation
-            .key(self.job_key(job_id))
+            .key(self.part_key(job_id, part))
             .arg(lease_secs)
             .invoke_async(&mut self.connection.clone())
             .await?;
@@ -299,6 +307,84 @@ impl Store {
             "busy" => CreationClaim::Busy,
             _ => CreationClaim::Other(reply),
         })
+    }
+
+    fn part_key(&self, job_id: &str, part: u32) -> String {
+        format!("{}:job:{job_id}:part:{part}", self.prefix)
+    }
+
+    fn known_batches_key(&self) -> String {
+        format!("{}:batches", self.prefix)
+    }
+
+    /// Creates a part record in state `pending` unless it exists already.
+    pub async fn init_part(
+        &self,
+        job_id: &str,
+        part: u32,
+        fields: &[(&str, String)],
+    ) -> Result<()> {
+        let key = self.part_key(job_id, part);
+        let mut connection = self.connection.clone();
+        let created: bool = connection.hset_nx(&key, "state", "pending").await?;
+        if created {
+            let _: () = connection.hset_multiple(&key, fields).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn set_part_fields(
+        &self,
+        job_id: &str,
+        part: u32,
+        fields: &[(&str, String)],
+    ) -> Result<()> {
+        let _: () = self
+            .connection
+            .clone()
+            .hset_multiple(self.part_key(job_id, part), fields)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn part(&self, job_id: &str, part: u32) -> Result<HashMap<String, String>> {
+        Ok(self
+            .connection
+            .clone()
+            .hgetall(self.part_key(job_id, part))
+            .await?)
+    }
+
+    /// Returns the records of all of a job's parts, by index.
+    pub async fn parts(&self, job_id: &str) -> Result<Vec<HashMap<String, String>>> {
+        let job = self.job(job_id).await?;
+        let count: u32 = job
+            .get("parts")
+            .and_then(|parts| parts.parse().ok())
+            .unwrap_or(0);
+        let mut parts = Vec::with_capacity(count as usize);
+        for index in 0..count {
+            parts.push(self.part(job_id, index).await?);
+        }
+        Ok(parts)
+    }
+
+    /// Remembers a provider batch id as recorded for some part.
+    pub async fn add_known_batch(&self, batch_id: &str) -> Result<()> {
+        let _: () = self
+            .connection
+            .clone()
+            .sadd(self.known_batches_key(), batch_id)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn is_known_batch(&self, batch_id: &str) -> Result<bool> {
+        Ok(self
+            .connection
+            .clone()
+            .sismember(self.known_batches_key(), batch_id)
+            .await?)
     }
 
     pub async fn set_job_fields(&self, job_id: &str, fields: &[(&str, String)]) -> Result<()> {

@@ -71,6 +71,16 @@ pub fn count_prompt_tokens(encoding: Encoding, endpoint: &str, body: &Value) -> 
     }
 }
 
+/// Counts the prompt tokens of Anthropic Messages `params`: the system prompt,
+/// each message's text and the same framing as chat requests.
+///
+/// NOTE: Anthropic publishes no tokenizer, so this counts with the OpenAI
+/// encoding given; it is an estimate that may differ from Anthropic's
+/// `input_tokens` by some percent in either direction.
+pub fn count_anthropic_prompt_tokens(encoding: Encoding, params: &Value) -> u64 {
+    count_strings(encoding, params.get("system")) + count_chat(encoding, params)
+}
+
 fn count_chat(encoding: Encoding, body: &Value) -> u64 {
     let Some(messages) = body.get("messages").and_then(Value::as_array) else {
         return 0;
@@ -129,6 +139,18 @@ mod tests {
             Encoding::Cl100kBase.count("alpha beta") + Encoding::Cl100kBase.count("gamma");
         assert_eq!(
             count_prompt_tokens(Encoding::Cl100kBase, "/v1/embeddings", &body),
+            expected
+        );
+    }
+
+    #[test]
+    fn anthropic_counts_system_and_messages() {
+        let params = json!({"system": "be brief", "messages": [{"role": "user", "content": [{"type": "text", "text": "hello"}]}]});
+        let chat = json!({"messages": [{"role": "user", "content": "hello"}]});
+        let expected = Encoding::O200kBase.count("be brief")
+            + count_prompt_tokens(Encoding::O200kBase, "/v1/chat/completions", &chat);
+        assert_eq!(
+            count_anthropic_prompt_tokens(Encoding::O200kBase, &params),
             expected
         );
     }

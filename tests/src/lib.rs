@@ -16,6 +16,9 @@ use batchgate_shared::broker::Broker;
 use batchgate_shared::config::Config;
 use batchgate_shared::manifest::Manifest;
 use batchgate_shared::message::{InputRef, JOB_SCHEMA_VERSION, JobMessage};
+use batchgate_shared::provider::Provider;
+use batchgate_shared::provider::anthropic::AnthropicClient;
+use batchgate_shared::provider::openai::OpenAiClient;
 use batchgate_shared::store::Store;
 use batchgate_simulator::{RunningSimulator, SimulatorConfig};
 use lapin::BasicProperties;
@@ -292,12 +295,15 @@ impl TestEnv {
 }
 
 async fn worker_with_key(config: Config) -> Arc<batchgate_worker::Worker> {
-    let openai = batchgate_shared::openai::OpenAiClient::new(
-        &config.providers.openai,
-        TEST_API_KEY.to_owned(),
-    )
-    .expect("OpenAI client");
-    batchgate_worker::Worker::connect_with_client(config, openai)
+    let openai = OpenAiClient::new(&config.providers.openai, TEST_API_KEY.to_owned())
+        .expect("OpenAI client");
+    let anthropic = AnthropicClient::new(&config.providers.anthropic, TEST_API_KEY.to_owned())
+        .expect("Anthropic client");
+    let providers: Vec<(String, Arc<dyn Provider>)> = vec![
+        ("openai".into(), Arc::new(openai)),
+        ("anthropic".into(), Arc::new(anthropic)),
+    ];
+    batchgate_worker::Worker::connect_with_providers(config, providers)
         .await
         .expect("worker connects")
 }

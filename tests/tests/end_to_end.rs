@@ -63,7 +63,10 @@ async fn job_produces_one_exactly_priced_record() {
         )
         .await;
     assert_eq!(job["state"], "completed", "job record: {job:?}");
-    let batch_id = job["provider_batch_id"].clone();
+    assert_eq!(job["parts"], "1");
+    let part = env.store.part(&job_id, 0).await.unwrap();
+    assert_eq!(part["state"], "ended");
+    let batch_id = part["provider_batch_id"].clone();
 
     // Price the simulator's own output file independently of batchgate's code.
     let batch: Value = provider_get(&env, &format!("/v1/batches/{batch_id}"))

@@ -28,19 +28,19 @@ async fn killed_worker_is_replaced_without_duplicates() {
     // Kill the worker once it has polled the running batch at least once.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let job = env.store.job(&job_id).await.unwrap();
-        if job.get("state").map(String::as_str) == Some("polling")
-            && job.contains_key("last_polled_at")
+        let part = env.store.part(&job_id, 0).await.unwrap();
+        if part.get("state").map(String::as_str) == Some("running")
+            && part.contains_key("last_polled_at")
         {
             assert_ne!(
-                job["provider_status"], "completed",
+                part["provider_status"], "completed",
                 "the batch finished before the kill; lengthen in_progress_ms"
             );
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "the worker never polled: {job:?}"
+            "the worker never polled: {part:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -87,7 +87,8 @@ async fn killed_worker_is_replaced_without_duplicates() {
         .filter(|record| record.job_id == job_id)
         .collect();
     assert_eq!(records.len(), 1, "exactly one ledger record");
-    assert_eq!(records[0].provider_batch_id, job["provider_batch_id"]);
+    let part = env.store.part(&job_id, 0).await.unwrap();
+    assert_eq!(records[0].provider_batch_id, part["provider_batch_id"]);
     assert_eq!(records[0].requests.total, 200);
     let budget = env
         .store

@@ -1,4 +1,4 @@
-//! Accounting for a provider batch that reached a terminal status.
+//! Accounting for a part whose provider batch ended.
 
 use std::collections::HashMap;
 
@@ -7,65 +7,152 @@ use batchgate_shared::journal;
 use batchgate_shared::message::{
     JobEvent, JobMessage, LEDGER_SCHEMA_VERSION, LedgerRecord, event, month_of,
 };
-use batchgate_shared::openai::Batch;
-use batchgate_shared::results::ResultTotals;
+use batchgate_shared::provider::{BatchState, ProviderBatch, ResultSink};
+use batchgate_shared::results::{ResultFormat, ResultTotals};
 use batchgate_shared::{Error, Result};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use lapin::BasicProperties;
 
 use crate::Worker;
+use crate::part::inflight_id;
 
-/// A result file line that could not be read.
-struct BadLine {
-    file_id: String,
-    line: u64,
-    problem: String,
+/// Collects result lines per file, so that a file downloaded again after a
+/// failure replaces what was counted from it.
+struct Accumulator {
+    format: ResultFormat,
+    finished: ResultTotals,
+    current: ResultTotals,
+    current_file: Option<String>,
+    line_number: u64,
+    first_bad: Option<(String, u64, String)>,
+}
+
+impl Accumulator {
+    fn new(format: ResultFormat) -> Accumulator {
+        Accumulator {
+            format,
+            finished: ResultTotals::new(format),
+            current: ResultTotals::new(format),
+            current_file: None,
+            line_number: 0,
+            first_bad: None,
+        }
+    }
+
+    fn totals(mut self) -> std::result::Result<ResultTotals, (String, u64, String)> {
+        if let Some(bad) = self.first_bad {
+            return Err(bad);
+        }
+        self.finished.merge(self.current);
+        Ok(self.finished)
+    }
+}
+
+impl ResultSink for Accumulator {
+    fn start_file(&mut self, name: &str) {
+        let restarted = self.current_file.as_deref() == Some(name);
+        let previous = std::mem::replace(&mut self.current, ResultTotals::new(self.format));
+        if !restarted {
+            self.finished.merge(previous);
+        }
+        if self
+            .first_bad
+            .as_ref()
+            .is_some_and(|(file, _, _)| file == name)
+        {
+            self.first_bad = None;
+        }
+        self.current_file = Some(name.to_owned());
+        self.line_number = 0;
+    }
+
+    fn line(&mut self, line: &[u8]) {
+        self.line_number += 1;
+        if let Err(problem) = self.current.add_line(line)
+            && self.first_bad.is_none()
+        {
+            let file = self.current_file.clone().unwrap_or_default();
+            self.first_bad = Some((file, self.line_number, problem));
+        }
+    }
 }
 
 impl Worker {
-    pub(crate) async fn finish(
+    pub(crate) async fn finish_part(
         &self,
         job: &JobMessage,
-        batch: &Batch,
+        index: u32,
+        total: u32,
+        batch: &ProviderBatch,
         stored: &HashMap<String, String>,
     ) -> Result<()> {
         let job_id = &job.manifest.job_id;
-        if batch.status == "failed" {
-            let errors = batch
-                .errors
-                .as_ref()
-                .map(|errors| errors.to_string())
-                .unwrap_or_default();
-            self.fail_job(
-                job,
-                &format!("provider batch {} failed: {errors}", batch.id),
-            )
-            .await?;
-            return Ok(());
-        }
-
-        let totals = match self.read_results(batch).await? {
-            Ok(totals) => totals,
-            Err(bad) => {
+        let label = format!("part {} of {total}", index + 1);
+        if let BatchState::Failed { code, message } = &batch.state {
+            let part = self.store.part(job_id, index).await?;
+            let deferrals: u32 = part
+                .get("deferrals")
+                .and_then(|count| count.parse().ok())
+                .unwrap_or(0);
+            let limits = self.config.providers.get(&job.manifest.provider);
+            let max_deferrals = limits
+                .map(|limits| limits.max_token_limit_retries)
+                .unwrap_or(0);
+            if code.as_deref() == Some("token_limit_exceeded") && deferrals < max_deferrals {
                 let reason = format!(
-                    "result file {} line {}: {}; the batch needs review before it is billed",
-                    bad.file_id, bad.line, bad.problem
+                    "{label}: provider batch {} failed with token_limit_exceeded; created again later",
+                    batch.id
                 );
-                tracing::error!(error = %reason, "Cannot account for a provider batch");
+                let previous = match part.get("previous_batch_ids") {
+                    Some(ids) => format!("{ids},{}", batch.id),
+                    None => batch.id.clone(),
+                };
                 self.store
-                    .set_job_fields(
+                    .set_part_fields(
                         job_id,
+                        index,
                         &[
-                            ("state", "needs_review".to_owned()),
-                            ("reason", reason.clone()),
+                            ("deferrals", (deferrals + 1).to_string()),
+                            ("previous_batch_ids", previous),
                         ],
                     )
                     .await?;
-                self.store.mark_inflight(job_id, false).await?;
-                let event = JobEvent::new(event::FAILED, job_id, &job.manifest.owner_team, reason);
-                journal::record(&self.broker, &self.store, &event).await?;
-                return Ok(());
+                let mut deferred = JobEvent::new(
+                    event::PART_DEFERRED,
+                    job_id,
+                    &job.manifest.owner_team,
+                    reason.clone(),
+                );
+                deferred.provider_batch_id = Some(batch.id.clone());
+                journal::record(&self.broker, &self.store, &deferred).await?;
+                return self.defer_part(job, index, &reason).await;
             }
+            let code = code.as_deref().unwrap_or("no code");
+            let reason = format!(
+                "{label}: provider batch {} failed ({code}): {message}",
+                batch.id
+            );
+            return self.fail_part(job, index, &reason).await;
+        }
+
+        let slot = self.provider(&job.manifest.provider)?;
+        let mut accumulator = Accumulator::new(ResultFormat::for_provider(&job.manifest.provider));
+        let downloaded = slot.client.stream_results(batch, &mut accumulator).await;
+        let totals = match (downloaded, accumulator.totals()) {
+            (Err(error), _) => {
+                let reason = format!(
+                    "{label}: cannot read the results of provider batch {}: {error}",
+                    batch.id
+                );
+                return self.review_part(job, index, &reason).await;
+            }
+            (Ok(()), Err((file, line, problem))) => {
+                let reason = format!(
+                    "{label}: result file {file} line {line}: {problem}; nothing is billed until it is reviewed"
+                );
+                return self.review_part(job, index, &reason).await;
+            }
+            (Ok(()), Ok(totals)) => totals,
         };
         if totals.duplicate_lines > 0 {
             tracing::warn!(
@@ -74,26 +161,15 @@ impl Worker {
             );
         }
 
-        let record = match self.ledger_record(job, batch, stored, &totals) {
+        let record = match self.ledger_record(job, index, total, batch, stored, &totals) {
             Ok(record) => record,
             Err(error) => {
-                let reason = format!("cannot price provider batch {}: {error}", batch.id);
-                self.store
-                    .set_job_fields(
-                        job_id,
-                        &[
-                            ("state", "needs_review".to_owned()),
-                            ("reason", reason.clone()),
-                        ],
-                    )
-                    .await?;
-                self.store.mark_inflight(job_id, false).await?;
-                let event = JobEvent::new(event::FAILED, job_id, &job.manifest.owner_team, reason);
-                journal::record(&self.broker, &self.store, &event).await?;
-                return Ok(());
+                let reason = format!("{label}: cannot price provider batch {}: {error}", batch.id);
+                return self.review_part(job, index, &reason).await;
             }
         };
-        if stored.get("ledger_record_id") != Some(&record.record_id) {
+        let part = self.store.part(job_id, index).await?;
+        if part.get("ledger_record_id") != Some(&record.record_id) {
             let routing_key = format!("ledger.{}.{}", record.provider, record.owner_team);
             let properties =
                 BasicProperties::default().with_message_id(record.record_id.as_str().into());
@@ -105,111 +181,83 @@ impl Worker {
                     properties,
                 )
                 .await?;
-            self.store
-                .set_job_fields(job_id, &[("ledger_record_id", record.record_id.clone())])
-                .await?;
         }
-
-        let month = stored
-            .get("month")
-            .cloned()
-            .unwrap_or_else(|| record.accrual_period.clone());
         self.store
-            .settle(
-                &record.owner_team,
-                &month,
+            .set_part_fields(
                 job_id,
-                record.billed_cost_micros,
-            )
-            .await?;
-        self.store
-            .set_job_fields(
-                job_id,
+                index,
                 &[
-                    ("state", "completed".to_owned()),
+                    ("state", "ended".to_owned()),
+                    ("ledger_record_id", record.record_id.clone()),
                     (
                         "billed_cost_micros",
                         record.billed_cost_micros.0.to_string(),
                     ),
+                    ("duplicate_result_lines", totals.duplicate_lines.to_string()),
                 ],
             )
             .await?;
-        self.store.mark_inflight(job_id, false).await?;
+        self.store
+            .mark_inflight(&inflight_id(job_id, index), false)
+            .await?;
         let message = format!(
-            "provider batch {} {}: {} succeeded, {} failed, {} expired; billed {} USD",
+            "{label}: provider batch {} {}: {} succeeded, {} failed, {} expired, {} cancelled; billed {} USD",
             batch.id,
             batch.status,
             record.requests.succeeded,
             record.requests.failed,
             record.requests.expired,
+            record.requests.cancelled,
             record.billed_cost_micros
         );
-        let mut completed =
-            JobEvent::new(event::COMPLETED, job_id, &job.manifest.owner_team, message);
-        completed.provider_batch_id = Some(batch.id.clone());
-        completed.detail = serde_json::json!({"record_id": record.record_id, "billed_cost_micros": record.billed_cost_micros});
-        journal::record(&self.broker, &self.store, &completed).await?;
-        tracing::info!(billed_micros = record.billed_cost_micros.0, "Job completed");
-        Ok(())
+        let mut ended = JobEvent::new(
+            event::BATCH_ENDED,
+            job_id,
+            &job.manifest.owner_team,
+            message,
+        );
+        ended.provider_batch_id = Some(batch.id.clone());
+        ended.detail = serde_json::json!({
+            "part": index,
+            "record_id": record.record_id,
+            "billed_cost_micros": record.billed_cost_micros,
+            "duplicate_result_lines": totals.duplicate_lines,
+        });
+        journal::record(&self.broker, &self.store, &ended).await?;
+        self.finish_job_if_ended(job).await
     }
 
-    /// Streams the output and error files into totals. The outer error is a
-    /// provider or network failure; the inner one a line that cannot be read.
-    async fn read_results(
-        &self,
-        batch: &Batch,
-    ) -> Result<std::result::Result<ResultTotals, BadLine>> {
-        let mut totals = ResultTotals::default();
-        for file_id in [batch.output_file(), batch.error_file()]
-            .into_iter()
-            .flatten()
-        {
-            let mut file_totals = ResultTotals::default();
-            let mut line_number = 0u64;
-            let mut first_bad: Option<(u64, String)> = None;
-            self.openai
-                .stream_file_lines(file_id, |line| {
-                    let Some(line) = line else {
-                        file_totals = ResultTotals::default();
-                        line_number = 0;
-                        first_bad = None;
-                        return;
-                    };
-                    line_number += 1;
-                    if first_bad.is_none()
-                        && let Err(problem) = file_totals.add_line(line)
-                    {
-                        first_bad = Some((line_number, problem));
-                    }
-                })
-                .await?;
-            if let Some((line, problem)) = first_bad {
-                return Ok(Err(BadLine {
-                    file_id: file_id.to_owned(),
-                    line,
-                    problem,
-                }));
-            }
-            totals.merge(file_totals);
-        }
-        Ok(Ok(totals))
+    /// Holds a part for review: no ledger record, and the reservation stays.
+    async fn review_part(&self, job: &JobMessage, index: u32, reason: &str) -> Result<()> {
+        let job_id = &job.manifest.job_id;
+        tracing::error!(part = index, error = reason, "Job part needs review");
+        self.store
+            .set_part_fields(
+                job_id,
+                index,
+                &[
+                    ("state", "needs_review".to_owned()),
+                    ("reason", reason.to_owned()),
+                ],
+            )
+            .await?;
+        self.store
+            .mark_inflight(&inflight_id(job_id, index), false)
+            .await?;
+        self.finish_job_if_ended(job).await
     }
 
     fn ledger_record(
         &self,
         job: &JobMessage,
-        batch: &Batch,
+        index: u32,
+        total: u32,
+        batch: &ProviderBatch,
         stored: &HashMap<String, String>,
         totals: &ResultTotals,
     ) -> Result<LedgerRecord> {
         let manifest = &job.manifest;
-        let created_at = batch
-            .created_at
-            .and_then(|at| DateTime::from_timestamp(at, 0))
-            .unwrap_or_else(Utc::now);
-        let completed_at = batch
-            .ended_at()
-            .and_then(|at| DateTime::from_timestamp(at, 0));
+        let created_at = batch.created_at.unwrap_or_else(Utc::now);
         let price = self
             .prices
             .lookup(&manifest.provider, &manifest.model, created_at)
@@ -221,7 +269,8 @@ impl Worker {
                     created_at.date_naive()
                 ))
             })?;
-        let cost = price.price(&totals.tokens)?;
+        let tokens = totals.billed_tokens(price);
+        let cost = price.price(&tokens)?;
         let accrual = self.config.accrual;
         let submission_month = stored
             .get("month")
@@ -229,7 +278,7 @@ impl Worker {
             .unwrap_or_else(|| month_of(job.submitted_at));
         let accrual_period = match accrual {
             Accrual::Submission => submission_month,
-            Accrual::Completion => month_of(completed_at.unwrap_or_else(Utc::now)),
+            Accrual::Completion => month_of(batch.ended_at.unwrap_or_else(Utc::now)),
         };
         Ok(LedgerRecord {
             schema_version: LEDGER_SCHEMA_VERSION,
@@ -243,16 +292,19 @@ impl Worker {
             model: manifest.model.clone(),
             endpoint: manifest.endpoint.clone(),
             provider_batch_id: batch.id.clone(),
+            part_index: index,
+            parts_total: total,
             provider_status: batch.status.clone(),
             requests: totals.requests,
-            tokens: totals.tokens,
+            duplicate_result_lines: totals.duplicate_lines,
+            tokens,
             currency: price.currency.clone(),
             list_cost_micros: cost.list,
             discount_micros: cost.discount(),
             billed_cost_micros: cost.billed,
             price_effective_from: price.effective_from,
             submitted_at: job.submitted_at,
-            provider_completed_at: completed_at,
+            provider_completed_at: batch.ended_at,
             recorded_at: Utc::now(),
             accrual_convention: accrual,
             accrual_period,

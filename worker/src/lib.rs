@@ -1,34 +1,46 @@
 //! The worker runs admitted jobs at the provider.
 //!
-//! It consumes two queues. From the ready queue it takes an admitted job,
-//! uploads the input file, creates the provider batch and records its id in
-//! Redis before acknowledging. Polls arrive on the due queue after a fixed
-//! delay in a wait queue, so no delivery stays unacknowledged while a batch
-//! runs for hours. When the batch ends, the worker reads its result files,
-//! publishes one ledger record and settles the job's reservation.
+//! A job splits into parts that each fit one provider batch. From a ready
+//! queue the worker takes an admitted job, records its parts, and creates each
+//! part's provider batch, recording the batch id in Redis before it
+//! acknowledges. Polls arrive on the due queue after a fixed delay in a wait
+//! queue, so no delivery stays unacknowledged while a batch runs for hours.
+//! When a part's batch ends, the worker reads its results and publishes one
+//! ledger record; when every part has ended, it settles the job's reservation.
 
 #![forbid(unsafe_code)]
 
+mod crash;
 mod finish;
+mod part;
 mod poll;
+mod settle;
 mod start;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 
 use batchgate_shared::broker::Broker;
-use batchgate_shared::config::{Config, openai_api_key};
-use batchgate_shared::openai::OpenAiClient;
+use batchgate_shared::config::Config;
 use batchgate_shared::pricing::PriceTable;
+use batchgate_shared::provider::{Provider, clients_from_env};
 use batchgate_shared::store::Store;
 use batchgate_shared::{Error, Result};
 use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use lapin::{Channel, Consumer};
+use tokio::sync::{Semaphore, watch};
 
 pub use poll::PollMessage;
+
+/// A provider client with the worker's limits on concurrent calls to it.
+pub struct ProviderSlot {
+    pub client: Arc<dyn Provider>,
+    pub creates: Semaphore,
+    pub polls: Semaphore,
+}
 
 /// Shared state of one worker process.
 pub struct Worker {
@@ -36,82 +48,141 @@ pub struct Worker {
     pub prices: Arc<PriceTable>,
     pub broker: Broker,
     pub store: Store,
-    pub openai: OpenAiClient,
+    pub providers: HashMap<String, ProviderSlot>,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Ready,
+    Poll,
 }
 
 impl Worker {
-    /// Connects to the broker and Redis, declares the topology and reads the API key.
+    /// Connects to the broker and Redis, declares the topology and builds a
+    /// client for each provider whose API key is in the environment.
     pub async fn connect(config: Config) -> Result<Arc<Worker>> {
-        let openai = OpenAiClient::new(&config.providers.openai, openai_api_key()?)?;
-        Worker::connect_with_client(config, openai).await
+        let clients = clients_from_env(&config)?;
+        if clients.is_empty() {
+            return Err(Error::Config(
+                "no provider API key is set: export OPENAI_API_KEY and/or ANTHROPIC_API_KEY".into(),
+            ));
+        }
+        Worker::connect_with_providers(config, clients).await
     }
 
-    /// Connects with a ready provider client, for callers that hold the key themselves.
-    pub async fn connect_with_client(config: Config, openai: OpenAiClient) -> Result<Arc<Worker>> {
+    /// Connects with ready provider clients, for callers that hold the keys themselves.
+    pub async fn connect_with_providers(
+        config: Config,
+        clients: Vec<(String, Arc<dyn Provider>)>,
+    ) -> Result<Arc<Worker>> {
         let prices = PriceTable::load(&config.price_table)?;
         let broker = Broker::connect(&config.broker, "batchgate-worker").await?;
         let store = Store::connect(&config.redis).await?;
         broker
             .declare_topology(&[config.worker.poll_interval_secs])
             .await?;
+        let mut providers = HashMap::new();
+        for (name, client) in clients {
+            let limits = config
+                .providers
+                .get(&name)
+                .ok_or_else(|| Error::Config(format!("unknown provider {name}")))?;
+            let slot = ProviderSlot {
+                client,
+                creates: Semaphore::new(limits.max_concurrent_creates.max(1)),
+                polls: Semaphore::new(limits.max_concurrent_polls.max(1)),
+            };
+            providers.insert(name, slot);
+        }
         Ok(Arc::new(Worker {
             config: Arc::new(config),
             prices: Arc::new(prices),
             broker,
             store,
-            openai,
+            providers,
         }))
     }
 
-    /// Consumes ready jobs and due polls until `shutdown` resolves.
-    pub async fn run(self: &Arc<Self>, shutdown: impl Future<Output = ()>) -> Result<()> {
-        self.resume_inflight().await?;
-        let (ready_channel, mut ready) = self
-            .consume(&self.broker.names.ready_queue("openai"))
-            .await?;
-        let (poll_channel, mut polls) = self.consume(&self.broker.names.poll_due_queue()).await?;
-        tracing::info!("Worker consuming ready jobs and due polls");
-        let mut tasks = tokio::task::JoinSet::new();
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => break,
-                next = ready.next() => {
-                    let Some(delivery) = next_delivery(&ready_channel, next).await? else { continue };
-                    let worker = Arc::clone(self);
-                    tasks.spawn(async move { worker.handle(delivery, Kind::Ready).await });
-                }
-                next = polls.next() => {
-                    let Some(delivery) = next_delivery(&poll_channel, next).await? else { continue };
-                    let worker = Arc::clone(self);
-                    tasks.spawn(async move { worker.handle(delivery, Kind::Poll).await });
-                }
-                Some(finished) = tasks.join_next(), if !tasks.is_empty() => {
-                    if let Err(error) = finished {
-                        tracing::error!(error = %error, "Worker task panicked");
-                    }
-                }
-            }
-        }
-        tasks.shutdown().await;
-        tracing::info!("Worker stopped");
-        Ok(())
+    pub(crate) fn provider(&self, name: &str) -> Result<&ProviderSlot> {
+        self.providers
+            .get(name)
+            .ok_or_else(|| Error::Config(format!("this worker has no API key for provider {name}")))
     }
 
-    async fn consume(&self, queue: &str) -> Result<(Channel, Consumer)> {
+    /// Consumes ready jobs of each configured provider and due polls until `shutdown` resolves.
+    pub async fn run(self: &Arc<Self>, shutdown: impl Future<Output = ()>) -> Result<()> {
+        self.resume_inflight().await?;
+        let (stop, stopped) = watch::channel(false);
+        let mut consumers = tokio::task::JoinSet::new();
+        let mut queues: Vec<(String, Kind)> = self
+            .providers
+            .keys()
+            .map(|provider| (self.broker.names.ready_queue(provider), Kind::Ready))
+            .collect();
+        queues.push((self.broker.names.poll_due_queue(), Kind::Poll));
+        for (queue, kind) in queues {
+            let worker = Arc::clone(self);
+            let stopped = stopped.clone();
+            consumers.spawn(async move { worker.consume(queue, kind, stopped).await });
+        }
+        tracing::info!(providers = ?self.providers.keys().collect::<Vec<_>>(), "Worker consuming ready jobs and due polls");
+
+        tokio::pin!(shutdown);
+        let outcome = tokio::select! {
+            _ = &mut shutdown => Ok(()),
+            Some(finished) = consumers.join_next() => match finished {
+                Ok(result) => result,
+                Err(error) => Err(Error::Broker(format!("a consumer task failed: {error}"))),
+            },
+        };
+        let _ = stop.send(true);
+        while consumers.join_next().await.is_some() {}
+        tracing::info!("Worker stopped");
+        outcome
+    }
+
+    async fn consume(
+        self: Arc<Self>,
+        queue: String,
+        kind: Kind,
+        mut stopped: watch::Receiver<bool>,
+    ) -> Result<()> {
         let channel = self.broker.channel().await?;
         channel
             .basic_qos(self.config.worker.prefetch, BasicQosOptions::default())
             .await?;
-        let consumer = channel
+        let mut consumer = channel
             .basic_consume(
-                queue.into(),
+                queue.as_str().into(),
                 "".into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
             .await?;
-        Ok((channel, consumer))
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                _ = stopped.changed() => break,
+                next = consumer.next() => match next {
+                    Some(Ok(delivery)) => {
+                        let worker = Arc::clone(&self);
+                        tasks.spawn(async move { worker.handle(delivery, kind).await });
+                    }
+                    Some(Err(error)) => {
+                        tracing::warn!(queue, error = %error, "Consumer interrupted, waiting for broker recovery");
+                        channel.wait_for_recovery(error).await?;
+                    }
+                    None => return Err(Error::Broker(format!("the consumer of {queue} was cancelled by the broker"))),
+                },
+                Some(finished) = tasks.join_next(), if !tasks.is_empty() => {
+                    if let Err(error) = finished {
+                        tracing::error!(queue, error = %error, "Worker task panicked");
+                    }
+                }
+            }
+        }
+        tasks.shutdown().await;
+        Ok(())
     }
 
     async fn handle(&self, delivery: Delivery, kind: Kind) {
@@ -124,46 +195,19 @@ impl Worker {
         let acknowledged = match outcome {
             Ok(()) => delivery.ack(BasicAckOptions::default()).await.map(|_| ()),
             Err(error) => {
-                tracing::warn!(error = %error, "Job step interrupted, the message will be delivered again");
-                requeue_later(&delivery).await
+                tracing::warn!(?kind, error = %error, "Job step interrupted, the message will be delivered again");
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|_| ())
             }
         };
         if let Err(error) = acknowledged {
             tracing::warn!(error = %error, "Cannot acknowledge a delivery; the broker will redeliver it");
         }
-    }
-}
-
-#[derive(Clone, Copy)]
-enum Kind {
-    Ready,
-    Poll,
-}
-
-async fn requeue_later(delivery: &Delivery) -> std::result::Result<(), lapin::Error> {
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-    delivery
-        .nack(BasicNackOptions {
-            requeue: true,
-            ..Default::default()
-        })
-        .await
-        .map(|_| ())
-}
-
-async fn next_delivery(
-    channel: &Channel,
-    next: Option<std::result::Result<Delivery, lapin::Error>>,
-) -> Result<Option<Delivery>> {
-    match next {
-        Some(Ok(delivery)) => Ok(Some(delivery)),
-        Some(Err(error)) => {
-            tracing::warn!(error = %error, "Consumer interrupted, waiting for broker recovery");
-            channel.wait_for_recovery(error).await?;
-            Ok(None)
-        }
-        None => Err(Error::Broker(
-            "a worker consumer was cancelled by the broker".into(),
-        )),
     }
 }
