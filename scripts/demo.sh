@@ -18,7 +18,8 @@ mkdir -p "$work"
 step() { printf '\n== %s\n' "$*"; }
 fail() { echo "demo failed: $*" >&2; exit 1; }
 
-for sample in catalog-enrichment.openai.jsonl package-embeddings.openai.jsonl; do
+for sample in catalog-enrichment.openai.jsonl package-embeddings.openai.jsonl \
+  docstring-review.anthropic.jsonl catalog-enrichment-full.openai.jsonl.gz; do
   [ -f "$samples/$sample" ] || fail "sample $samples/$sample not found (set BATCHGATE_SAMPLES to the samples folder)"
 done
 
@@ -60,8 +61,10 @@ export BATCHGATE_BROKER_URL="amqp://guest:guest@127.0.0.1:5672/$vhost"
 export BATCHGATE_BROKER_PREFIX=batchgate-demo
 export BATCHGATE_REDIS_PREFIX=batchgate-demo
 export BATCHGATE_OPENAI_BASE_URL=$base_url
+export BATCHGATE_ANTHROPIC_BASE_URL=$base_url
 export BATCHGATE_POLL_INTERVAL_SECS=2
 export OPENAI_API_KEY=sk-demo-simulator-key
+export ANTHROPIC_API_KEY=sk-ant-demo-simulator-key
 
 step "Starting the scheduler and a worker"
 "$bin/batchgate-scheduler" 2>"$work/scheduler.log" &
@@ -74,7 +77,11 @@ step "Submitting catalog-enrichment (data-eng, 2,000 chat requests)"
 step "Submitting package-embeddings (search, 5,000 embedding requests)"
 "$bin/batchgate" submit --manifest demo/package-embeddings.toml --input "$samples/package-embeddings.openai.jsonl"
 "$bin/batchgate" wait demo-package-embeddings --timeout-secs 60 >/dev/null
-step "Submitting a search job larger than what is left of its budget"
+step "Submitting docstring-review (ml-eval, 457 Anthropic requests)"
+"$bin/batchgate" submit --manifest demo/docstring-review.toml --input "$samples/docstring-review.anthropic.jsonl"
+step "Submitting catalog-enrichment-full (data-eng, 63,697 chat requests, gzip)"
+"$bin/batchgate" submit --manifest demo/catalog-enrichment-full.toml --input "$samples/catalog-enrichment-full.openai.jsonl.gz"
+step "Submitting a search job larger than its budget"
 "$bin/batchgate" submit --manifest demo/search-over-budget.toml --input "$samples/catalog-enrichment.openai.jsonl"
 step "Submitting a manifest without its cost center (rejected before publishing)"
 if "$bin/batchgate" submit --manifest demo/missing-cost-center.toml \
@@ -85,7 +92,9 @@ cat "$work/missing.err"
 grep -q cost_center "$work/missing.err" || fail "the rejection does not name cost_center"
 
 step "Waiting for every job to end"
-"$bin/batchgate" wait demo-catalog-enrichment demo-package-embeddings demo-search-over-budget --timeout-secs 150
+jobs="demo-catalog-enrichment demo-package-embeddings demo-docstring-review demo-catalog-enrichment-full demo-search-over-budget"
+# shellcheck disable=SC2086
+"$bin/batchgate" wait $jobs --timeout-secs 150
 
 expect_state() {
   local state
@@ -94,10 +103,14 @@ expect_state() {
 }
 expect_state demo-catalog-enrichment completed
 expect_state demo-package-embeddings completed
+expect_state demo-docstring-review completed
+expect_state demo-catalog-enrichment-full completed
 expect_state demo-search-over-budget rejected
+parts=$("$bin/batchgate" status demo-catalog-enrichment-full --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["parts"]))')
+[ "$parts" = 2 ] || fail "demo-catalog-enrichment-full ran as $parts provider batches, expected 2"
 
 step "Job status"
-for job in demo-catalog-enrichment demo-package-embeddings demo-search-over-budget; do
+for job in $jobs; do
   "$bin/batchgate" status "$job"
   echo
 done

@@ -20,5 +20,6 @@ trap 'rabbitmqctl -q delete_vhost "$vhost" >/dev/null 2>&1 || true' EXIT
 rabbitmqctl -q set_permissions -p "$vhost" guest '.*' '.*' '.*' >/dev/null
 export BATCHGATE_TEST_BROKER_URL="amqp://guest:guest@127.0.0.1:5672/$vhost"
 
-cargo build --workspace --bins
+# Crash points let tests abort the worker at exact steps; release builds leave them out.
+cargo build --workspace --bins --features batchgate-worker/crash-points
 cargo test --workspace -- --test-threads "${BATCHGATE_TEST_THREADS:-4}"

@@ -12,6 +12,7 @@ use batchgate_shared::replay::ledger_records;
 use serde::Serialize;
 
 use crate::Failure;
+use crate::status::print_output;
 
 #[derive(clap::Args)]
 pub struct LedgerArguments {
@@ -67,33 +68,50 @@ pub async fn run(config: &Config, arguments: LedgerArguments) -> Result<ExitCode
             "totals": totals,
             "total_billed_cost_micros": total_billed,
         });
-        println!("{}", serde_json::to_string_pretty(&output)?);
+        print_output(&format!("{}\n", serde_json::to_string_pretty(&output)?));
         return Ok(ExitCode::SUCCESS);
     }
-    println!("ledger {} ({} records)", arguments.month, records.len());
-    println!(
-        "{:<28} {:<12} {:<34} {:>9} {:>7} {:>14}",
-        "job", "team", "provider batch", "succeeded", "failed", "billed USD"
+    print_output(&ledger_text(&arguments.month, &records, &totals));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ledger_text(month: &str, records: &[LedgerRecord], totals: &[TeamTotal]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let noun = if records.len() == 1 {
+        "record"
+    } else {
+        "records"
+    };
+    let _ = writeln!(out, "ledger {month}: {} {noun}", records.len());
+    let _ = writeln!(
+        out,
+        "{:<30} {:<10} {:<40} {:>5} {:>9} {:>7} {:>14}",
+        "job", "team", "provider batch", "part", "succeeded", "failed", "billed USD"
     );
-    for record in &records {
-        println!(
-            "{:<28} {:<12} {:<34} {:>9} {:>7} {:>14}",
+    for record in records {
+        let _ = writeln!(
+            out,
+            "{:<30} {:<10} {:<40} {:>5} {:>9} {:>7} {:>14}",
             record.job_id,
             record.owner_team,
             record.provider_batch_id,
+            format!("{}/{}", record.part_index + 1, record.parts_total),
             record.requests.succeeded,
             record.requests.failed,
             record.billed_cost_micros
         );
     }
-    println!();
-    println!(
-        "{:<12} {:<10} {:>7} {:>14} {:>14} {:>14}",
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<10} {:<11} {:>7} {:>14} {:>14} {:>14}",
         "team", "cost center", "records", "list USD", "discount USD", "billed USD"
     );
-    for total in &totals {
-        println!(
-            "{:<12} {:<10} {:>7} {:>14} {:>14} {:>14}",
+    for total in totals {
+        let _ = writeln!(
+            out,
+            "{:<10} {:<11} {:>7} {:>14} {:>14} {:>14}",
             total.team,
             total.cost_center,
             total.records,
@@ -102,16 +120,18 @@ pub async fn run(config: &Config, arguments: LedgerArguments) -> Result<ExitCode
             total.billed_cost_micros
         );
     }
-    println!(
-        "{:<12} {:<10} {:>7} {:>14} {:>14} {:>14}",
+    let sum = |amount: fn(&TeamTotal) -> Micros| totals.iter().map(amount).sum::<Micros>();
+    let _ = writeln!(
+        out,
+        "{:<10} {:<11} {:>7} {:>14} {:>14} {:>14}",
         "total",
         "",
         records.len(),
-        "",
-        "",
-        total_billed
+        sum(|total| total.list_cost_micros),
+        sum(|total| total.discount_micros),
+        sum(|total| total.billed_cost_micros)
     );
-    Ok(ExitCode::SUCCESS)
+    out
 }
 
 fn check_month(month: &str) -> Result<(), Failure> {

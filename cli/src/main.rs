@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+mod cancel;
 mod ledger;
 mod status;
 mod submit;
@@ -40,6 +41,8 @@ enum Command {
     Submit(submit::SubmitArguments),
     /// Print a job's state, provider batch and event history.
     Status(status::StatusArguments),
+    /// Cancel every part of a job; completed requests are still billed.
+    Cancel(cancel::CancelArguments),
     /// Wait until jobs reach a final state, then print each outcome.
     Wait(status::WaitArguments),
     /// Replay the ledger and print a month's records and per-team totals.
@@ -92,6 +95,7 @@ async fn run(arguments: Arguments) -> Result<ExitCode, Failure> {
     match arguments.command {
         Command::Submit(submit) => submit::run(&config, submit).await,
         Command::Status(status) => status::run(&config, status).await,
+        Command::Cancel(cancel) => cancel::run(&config, cancel).await,
         Command::Wait(wait) => status::wait(&config, wait).await,
         Command::Ledger(ledger) => ledger::run(&config, ledger).await,
     }

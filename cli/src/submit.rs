@@ -9,6 +9,7 @@ use batchgate_shared::input::validate_input;
 use batchgate_shared::manifest::Manifest;
 use batchgate_shared::message::{InputRef, JOB_SCHEMA_VERSION, JobMessage};
 use batchgate_shared::pricing::PriceTable;
+use batchgate_shared::store::Store;
 use chrono::Utc;
 use lapin::BasicProperties;
 
@@ -26,6 +27,16 @@ pub struct SubmitArguments {
 
 pub async fn run(config: &Config, arguments: SubmitArguments) -> Result<ExitCode, Failure> {
     let job = prepare(config, &arguments)?;
+    // The scheduler rejects a reused job id in any case; checking here turns the
+    // common mistake into an immediate error instead of a later rejection event.
+    let store = Store::connect(&config.redis).await?;
+    let existing = store.job(&job.manifest.job_id).await?;
+    if let Some(state) = existing.get("state") {
+        return Err(Failure::Invalid(format!(
+            "job id {} is already used (state {state}); every job needs a new job id",
+            job.manifest.job_id
+        )));
+    }
     let broker = Broker::connect(&config.broker, "batchgate-submit").await?;
     broker
         .declare_topology(&[config.worker.poll_interval_secs])

@@ -211,6 +211,8 @@ impl Scheduler {
                     counters.reserved,
                     counters.spent
                 );
+                let estimate_field = [("estimate_micros", estimate.0.to_string())];
+                self.store.set_job_fields(&job_id, &estimate_field).await?;
                 let mut detail = estimate_detail;
                 detail["limit_micros"] = counters.limit.0.into();
                 detail["reserved_micros"] = counters.reserved.0.into();

@@ -120,25 +120,29 @@ pub struct Broker {
 
 impl Broker {
     /// Connects with automatic recovery and enables publisher confirms.
+    ///
+    /// A plain TCP connection is tried first, so that a broker that is not
+    /// listening fails at once with the reason rather than after the timeout.
     pub async fn connect(config: &BrokerConfig, connection_name: &str) -> Result<Broker> {
-        let unavailable = |reason: String| Error::BrokerUnavailable {
-            url: redact_url(&config.url),
-            reason,
-        };
+        let url = redact_url(&config.url);
+        let timeout = Duration::from_secs(config.connect_timeout_secs);
+        check_listening(&config.url, timeout)
+            .await
+            .map_err(|reason| Error::BrokerUnavailable {
+                url: url.clone(),
+                reason,
+            })?;
         let properties = ConnectionProperties::default()
             .with_connection_name(connection_name.into())
             .enable_auto_recover();
-        let timeout = Duration::from_secs(config.connect_timeout_secs);
         let connection =
             tokio::time::timeout(timeout, Connection::connect(&config.url, properties))
                 .await
-                .map_err(|_| {
-                    unavailable(format!(
-                        "no connection within {} s",
-                        config.connect_timeout_secs
-                    ))
+                .map_err(|_| Error::BrokerUnavailable {
+                    url: url.clone(),
+                    reason: format!("no AMQP session within {} s", config.connect_timeout_secs),
                 })?
-                .map_err(|error| unavailable(error.to_string()))?;
+                .map_err(|error| classify_connect_error(&url, &error))?;
         let publisher = connection.create_channel().await?;
         publisher
             .confirm_select(ConfirmSelectOptions::default())
@@ -353,6 +357,38 @@ async fn with_timeout<T, E: Into<Error>>(
             "{operation} timed out after {} s",
             OPERATION_TIMEOUT.as_secs()
         ))),
+    }
+}
+
+/// Opens and closes a TCP connection to the broker's host and port.
+async fn check_listening(url: &str, timeout: Duration) -> std::result::Result<(), String> {
+    let uri: lapin::uri::AMQPUri = url
+        .parse()
+        .map_err(|error| format!("invalid URL: {error}"))?;
+    let address = format!("{}:{}", uri.authority.host, uri.authority.port);
+    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&address)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(error)) => Err(format!("connection to {address} failed: {error}")),
+        Err(_) => Err(format!(
+            "no TCP connection to {address} within {} s",
+            timeout.as_secs()
+        )),
+    }
+}
+
+/// Tells a refused login or vhost apart from a broker that is down.
+fn classify_connect_error(url: &str, error: &lapin::Error) -> Error {
+    let reason = error.to_string();
+    if reason.contains("ACCESS_REFUSED") || reason.contains("NOT_ALLOWED") {
+        Error::BrokerRefused {
+            url: url.to_owned(),
+            reason,
+        }
+    } else {
+        Error::BrokerUnavailable {
+            url: url.to_owned(),
+            reason,
+        }
     }
 }
 

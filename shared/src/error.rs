@@ -14,6 +14,14 @@ pub enum Error {
     )]
     BrokerUnavailable { url: String, reason: String },
 
+    /// The broker answered but refused the user, password or vhost.
+    #[error(
+        "RabbitMQ at {url} refused the connection: {reason}. Check the user, password and vhost \
+         in the URL (create a vhost with `rabbitmqctl add_vhost NAME` and grant it with \
+         `rabbitmqctl set_permissions -p NAME USER '.*' '.*' '.*'`)"
+    )]
+    BrokerRefused { url: String, reason: String },
+
     #[error("RabbitMQ operation failed: {0}")]
     Broker(String),
 
@@ -58,6 +66,7 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::BrokerUnavailable { .. } | Error::Broker(_) => true,
+            Error::BrokerRefused { .. } => false,
             Error::RedisUnavailable { .. } | Error::Redis(_) => true,
             Error::Provider { retryable, .. } => *retryable,
             Error::Io { .. } => true,

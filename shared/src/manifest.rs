@@ -44,6 +44,18 @@ pub struct Manifest {
     pub completion_window: String,
 }
 
+/// Fields every manifest must have.
+pub const REQUIRED_FIELDS: [&str; 8] = [
+    "job_id",
+    "owner_team",
+    "cost_center",
+    "workload_class",
+    "purpose",
+    "provider",
+    "endpoint",
+    "model",
+];
+
 fn default_completion_window() -> String {
     "24h".to_owned()
 }
@@ -83,8 +95,29 @@ pub fn check_job_id(job_id: &str) -> Result<(), String> {
 
 impl Manifest {
     /// Parses a manifest file's text: TOML, or JSON when it starts with `{`.
+    /// A missing field is reported by name before any other problem.
     pub fn parse(text: &str) -> Result<Manifest, String> {
-        if text.trim_start().starts_with('{') {
+        let json = text.trim_start().starts_with('{');
+        let keys: Vec<String> = if json {
+            let value: serde_json::Value =
+                serde_json::from_str(text).map_err(|error| error.to_string())?;
+            value
+                .as_object()
+                .map(|object| object.keys().cloned().collect())
+                .unwrap_or_default()
+        } else {
+            let table: toml::Table = toml::from_str(text).map_err(|error| error.to_string())?;
+            table.keys().cloned().collect()
+        };
+        let missing: Vec<&str> = REQUIRED_FIELDS
+            .iter()
+            .copied()
+            .filter(|field| !keys.iter().any(|key| key == field))
+            .collect();
+        if !missing.is_empty() {
+            return Err(format!("missing field {}", missing.join(", ")));
+        }
+        if json {
             serde_json::from_str(text).map_err(|error| error.to_string())
         } else {
             toml::from_str(text).map_err(|error| error.to_string())
@@ -185,5 +218,21 @@ impl Manifest {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_fields_are_named() {
+        let error = Manifest::parse("job_id = \"a\"\nowner_team = \"t\"\n").unwrap_err();
+        assert!(
+            error.starts_with("missing field cost_center, workload_class"),
+            "{error}"
+        );
+        let error = Manifest::parse("{\"job_id\": \"a\"}").unwrap_err();
+        assert!(error.contains("owner_team"), "{error}");
     }
 }

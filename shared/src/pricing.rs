@@ -298,3 +298,6 @@ mod tests {
         assert_eq!(entry().estimate(3, 1).unwrap(), Micros(1)); // 0.15 + 0.25 = 0.4 -> 1
     }
 }
+
+#[cfg(test)]
+mod split_tests;

@@ -1,13 +1,13 @@
 //! Reading a stream queue (ledger or events) from its first message.
 //!
-//! AMQP 0-9-1 does not say where a stream ends, so the reader takes the
-//! message count the broker reports when the read starts and stops once it has
-//! seen that many messages, or when nothing arrives for `idle`.
+//! AMQP 0-9-1 does not say where a stream ends, so the reader stops when no
+//! message arrived for `idle`. The message count that a stream queue reports
+//! lags behind recent publishes, so it cannot mark the end.
 
 use std::time::Duration;
 
 use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 
 use crate::broker::{Broker, long_string};
@@ -20,14 +20,6 @@ const REPLAY_PREFETCH: u16 = 1000;
 /// Returns the bodies of every message in a stream queue, oldest first.
 pub async fn read_stream(broker: &Broker, queue: &str, idle: Duration) -> Result<Vec<Vec<u8>>> {
     let channel = broker.channel().await?;
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    let declared = channel
-        .queue_declare(queue.into(), passive, FieldTable::default())
-        .await?;
-    let expected = u64::from(declared.message_count());
     channel
         .basic_qos(REPLAY_PREFETCH, BasicQosOptions::default())
         .await?;
@@ -44,9 +36,6 @@ pub async fn read_stream(broker: &Broker, queue: &str, idle: Duration) -> Result
 
     let mut bodies = Vec::new();
     loop {
-        if expected > 0 && bodies.len() as u64 >= expected {
-            break;
-        }
         let next = match tokio::time::timeout(idle, consumer.next()).await {
             Ok(Some(next)) => next?,
             Ok(None) | Err(_) => break,

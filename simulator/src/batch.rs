@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::faults::FaultProfile;
 use crate::plan::Plan;
 use crate::validation::BatchError;
 
@@ -67,6 +68,35 @@ pub(crate) struct Timing {
     pub(crate) validating_ms: u64,
     pub(crate) in_progress_ms: u64,
     pub(crate) finalizing_ms: u64,
+    /// Time added to `finalizing` (but not to `cancelling`) by a fault profile.
+    pub(crate) finalizing_extra_ms: u64,
+}
+
+impl Timing {
+    /// Counts the requests processed by `progress_ms` after creation: none while
+    /// validating, a share proportional to the time spent in progress, and all
+    /// `total` from then on.
+    pub(crate) fn count_done(&self, total: usize, progress_ms: u64) -> usize {
+        let Some(in_progress_elapsed) = progress_ms.checked_sub(self.validating_ms) else {
+            return 0;
+        };
+        if in_progress_elapsed >= self.in_progress_ms {
+            return total;
+        }
+        // in_progress_ms > in_progress_elapsed >= 0 here, so the division is safe.
+        let done =
+            total as u128 * u128::from(in_progress_elapsed) / u128::from(self.in_progress_ms);
+        usize::try_from(done).unwrap_or(total)
+    }
+
+    /// Returns the time in ms after creation at which a batch that is neither
+    /// cancelled nor expired finishes processing.
+    pub(crate) fn processing_end_ms(&self) -> u64 {
+        self.validating_ms
+            .saturating_add(self.in_progress_ms)
+            .saturating_add(self.finalizing_ms)
+            .saturating_add(self.finalizing_extra_ms)
+    }
 }
 
 /// Status and counters of a batch at one moment.
@@ -79,17 +109,23 @@ pub(crate) struct Snapshot {
     pub(crate) failed_at: Option<u64>,
     pub(crate) cancelling_at: Option<u64>,
     pub(crate) cancelled_at: Option<u64>,
+    pub(crate) expired_at: Option<u64>,
     pub(crate) total: usize,
     pub(crate) completed: usize,
+    /// Failed requests, expired ones included.
     pub(crate) failed: usize,
     /// Number of requests processed so far, in processing order.
     pub(crate) done: usize,
+    /// Number of requests that expired unprocessed: `total - done` once the
+    /// batch is `expired`, else 0.
+    pub(crate) expired: usize,
 }
 
 #[derive(Debug)]
 pub(crate) struct Batch {
     pub(crate) id: String,
-    /// 1-based creation order within this simulator, part of every random seed.
+    /// 1-based creation order among the simulator's OpenAI batches, part of every
+    /// random seed.
     pub(crate) sequence: u64,
     pub(crate) endpoint: String,
     pub(crate) input_file_id: String,
@@ -100,12 +136,14 @@ pub(crate) struct Batch {
     pub(crate) timing: Timing,
     pub(crate) seed: u64,
     pub(crate) cached_ratio: f64,
+    /// The fault profile that the batch was created with.
+    pub(crate) faults: FaultProfile,
     /// The processing plan, or the problems that make the batch fail validation.
     pub(crate) validation: Result<Arc<Plan>, Vec<BatchError>>,
     /// Time in ms after creation at which a cancel was accepted.
     pub(crate) cancelled_after_ms: Option<u64>,
     /// Whether the result files exist. They are generated once, when the batch is
-    /// first read in `completed` or `cancelled`.
+    /// first read in `completed`, `cancelled` or `expired`.
     pub(crate) files_generated: bool,
     pub(crate) output_file_id: Option<String>,
     pub(crate) error_file_id: Option<String>,
@@ -116,17 +154,35 @@ impl Batch {
         self.created_at_ms.saturating_add(offset_ms) / 1000
     }
 
+    /// Returns the time in ms after creation at which the batch expires, or
+    /// `None` if it finishes, fails or is cancelled before its fault profile's
+    /// `expire_after_ms`.
+    fn expiry_ms(&self) -> Option<u64> {
+        let expire_after = self.faults.expire_after_ms?;
+        let natural_end = match &self.validation {
+            Ok(_) => self.timing.processing_end_ms(),
+            Err(_) => self.timing.validating_ms,
+        };
+        // `cancel` rejects a batch that has already expired, so a cancel always
+        // comes before the expiry.
+        let expires = expire_after < natural_end && self.cancelled_after_ms.is_none();
+        expires.then_some(expire_after)
+    }
+
     /// Computes the status and counters at `elapsed_ms` after creation.
     pub(crate) fn snapshot(&self, elapsed_ms: u64) -> Snapshot {
         let timing = self.timing;
         let in_progress_start = timing.validating_ms;
         let finalizing_start = in_progress_start.saturating_add(timing.in_progress_ms);
-        let completed_start = finalizing_start.saturating_add(timing.finalizing_ms);
-        // Processing stops at the cancel, so counts and phases freeze there.
-        let progress_ms = match self.cancelled_after_ms {
-            Some(cancelled_after) => elapsed_ms.min(cancelled_after),
-            None => elapsed_ms,
-        };
+        let completed_start = timing.processing_end_ms();
+        let expiry = self.expiry_ms();
+        // Processing stops at a cancel or at the expiry, so counts and phases
+        // freeze there.
+        let progress_ms = [Some(elapsed_ms), self.cancelled_after_ms, expiry]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(elapsed_ms);
 
         let mut snapshot = Snapshot {
             status: BatchStatus::Validating,
@@ -136,10 +192,12 @@ impl Batch {
             failed_at: None,
             cancelling_at: None,
             cancelled_at: None,
+            expired_at: None,
             total: 0,
             completed: 0,
             failed: 0,
             done: 0,
+            expired: 0,
         };
 
         match &self.validation {
@@ -163,8 +221,18 @@ impl Batch {
                     snapshot.status = BatchStatus::Completed;
                     snapshot.completed_at = Some(self.unix_secs(completed_start));
                 }
-                snapshot.done = self.count_done(plan, progress_ms);
+                snapshot.done = timing.count_done(plan.len(), progress_ms);
                 (snapshot.completed, snapshot.failed) = plan.counts(snapshot.done);
+            }
+        }
+
+        if let Some(expired_after) = expiry.filter(|&expiry| elapsed_ms >= expiry) {
+            snapshot.status = BatchStatus::Expired;
+            snapshot.expired_at = Some(self.unix_secs(expired_after));
+            if let Ok(plan) = &self.validation {
+                snapshot.total = plan.len();
+                snapshot.expired = plan.len() - snapshot.done;
+                snapshot.failed += snapshot.expired;
             }
         }
 
@@ -178,23 +246,6 @@ impl Batch {
             }
         }
         snapshot
-    }
-
-    /// Counts the requests processed by `progress_ms`: none while validating,
-    /// a share proportional to the time spent in progress, and all from
-    /// `finalizing` on.
-    fn count_done(&self, plan: &Plan, progress_ms: u64) -> usize {
-        let timing = self.timing;
-        let Some(in_progress_elapsed) = progress_ms.checked_sub(timing.validating_ms) else {
-            return 0;
-        };
-        if in_progress_elapsed >= timing.in_progress_ms {
-            return plan.len();
-        }
-        // in_progress_ms > in_progress_elapsed >= 0 here, so the division is safe.
-        let done = plan.len() as u128 * u128::from(in_progress_elapsed)
-            / u128::from(timing.in_progress_ms);
-        usize::try_from(done).unwrap_or(plan.len())
     }
 
     /// Requests a cancel at `elapsed_ms` after creation.
@@ -222,6 +273,12 @@ impl Batch {
             }),
             _ => None,
         };
+        // The fault reports a missing error file as "" instead of null, as OpenAI
+        // has been seen doing, but only once the result files exist.
+        let error_file_id = match &self.error_file_id {
+            None if self.files_generated && self.faults.empty_error_file_id => Some(String::new()),
+            other => other.clone(),
+        };
         BatchObject {
             id: self.id.clone(),
             object: "batch",
@@ -231,14 +288,14 @@ impl Batch {
             completion_window: self.completion_window.clone(),
             status: snapshot.status.as_str(),
             output_file_id: self.output_file_id.clone(),
-            error_file_id: self.error_file_id.clone(),
+            error_file_id,
             created_at: self.unix_secs(0),
             in_progress_at: snapshot.in_progress_at,
             expires_at: self.unix_secs(0) + COMPLETION_WINDOW_SECS,
             finalizing_at: snapshot.finalizing_at,
             completed_at: snapshot.completed_at,
             failed_at: snapshot.failed_at,
-            expired_at: None,
+            expired_at: snapshot.expired_at,
             cancelling_at: snapshot.cancelling_at,
             cancelled_at: snapshot.cancelled_at,
             request_counts: RequestCounts {
@@ -269,7 +326,7 @@ pub(crate) struct BatchObject {
     finalizing_at: Option<u64>,
     completed_at: Option<u64>,
     failed_at: Option<u64>,
-    /// Always null: batches finish in seconds here, long before the 24 h window ends.
+    /// Null unless a fault profile's `expire_after_ms` made the batch expire.
     expired_at: Option<u64>,
     cancelling_at: Option<u64>,
     cancelled_at: Option<u64>,
@@ -309,9 +366,11 @@ mod tests {
                 validating_ms: 100,
                 in_progress_ms: 1_000,
                 finalizing_ms: 100,
+                finalizing_extra_ms: 0,
             },
             seed: 0,
             cached_ratio: 0.0,
+            faults: FaultProfile::default(),
             validation,
             cancelled_after_ms: None,
             files_generated: false,
@@ -403,9 +462,50 @@ mod tests {
             validating_ms: 0,
             in_progress_ms: 0,
             finalizing_ms: 0,
+            finalizing_extra_ms: 0,
         };
         let snapshot = batch.snapshot(0);
         assert_eq!(snapshot.status, BatchStatus::Completed);
         assert_eq!(snapshot.completed, 3);
+    }
+
+    #[test]
+    fn finalizing_extra_delays_completion() {
+        let mut batch = valid_batch(3);
+        batch.timing.finalizing_extra_ms = 500;
+        assert_eq!(batch.snapshot(1_699).status, BatchStatus::Finalizing);
+        assert_eq!(batch.snapshot(1_700).status, BatchStatus::Completed);
+    }
+
+    #[test]
+    fn expiry_keeps_done_requests_and_expires_rest() {
+        let mut batch = valid_batch(10);
+        batch.faults.expire_after_ms = Some(600);
+        assert_eq!(batch.snapshot(599).status, BatchStatus::InProgress);
+
+        let expired = batch.snapshot(5_000);
+        assert_eq!(expired.status, BatchStatus::Expired);
+        assert_eq!(expired.expired_at, Some(1_000));
+        assert_eq!(expired.done, 5);
+        assert_eq!(expired.expired, 5);
+        assert_eq!(expired.total, 10);
+        assert_eq!(expired.completed, 5);
+        assert_eq!(expired.failed, 5);
+        assert_eq!(batch.cancel(5_000), Err(BatchStatus::Expired));
+    }
+
+    #[test]
+    fn expiry_after_completion_has_no_effect() {
+        let mut batch = valid_batch(3);
+        batch.faults.expire_after_ms = Some(1_200);
+        assert_eq!(batch.snapshot(5_000).status, BatchStatus::Completed);
+    }
+
+    #[test]
+    fn cancel_before_expiry_wins() {
+        let mut batch = valid_batch(10);
+        batch.faults.expire_after_ms = Some(600);
+        batch.cancel(300).unwrap();
+        assert_eq!(batch.snapshot(5_000).status, BatchStatus::Cancelled);
     }
 }

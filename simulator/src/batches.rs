@@ -15,7 +15,7 @@ use crate::batch::{Batch, BatchObject, Timing};
 use crate::error::ApiError;
 use crate::plan::Plan;
 use crate::state::{AppState, StoredBatch, new_batch_id, unix_millis_now};
-use crate::validation::validate_input;
+use crate::validation::{BatchError, InputRequest, validate_input};
 
 /// Endpoints that OpenAI's Batch API accepts.
 const SUPPORTED_ENDPOINTS: [&str; 4] = [
@@ -72,7 +72,7 @@ pub(crate) async fn create_batch(
     }
     let metadata = validate_metadata(fields.get("metadata"))?;
 
-    let (content, sequence, config) = {
+    let batch_inputs = {
         let mut store = state.lock();
         let file = store.files.get(&input_file_id).ok_or_else(|| {
             ApiError::not_found(format!("No such File object: {input_file_id}"))
@@ -88,21 +88,33 @@ pub(crate) async fn create_batch(
         }
         let content = file.content.clone();
         store.last_sequence += 1;
-        (content, store.last_sequence, store.config.clone())
+        let (faults, call_faults) = store.take_batch_faults();
+        (
+            content,
+            store.last_sequence,
+            store.config.clone(),
+            faults,
+            call_faults,
+        )
     };
+    let (content, sequence, config, faults, call_faults) = batch_inputs;
 
     // Parsing a large input file takes a while, so it runs off the async workers.
     let plan_endpoint = endpoint.clone();
+    let failure_ratio = faults.effective_failure_ratio(config.failure_ratio);
+    let token_limit_exceeded = faults.token_limit_exceeded;
     let validation = tokio::task::spawn_blocking(move || {
-        validate_input(&content, &plan_endpoint).map(|requests| {
-            Arc::new(Plan::new(
-                requests,
-                &plan_endpoint,
-                config.seed,
-                sequence,
-                config.failure_ratio,
-            ))
-        })
+        let requests = validate_input(&content, &plan_endpoint)?;
+        if token_limit_exceeded {
+            return Err(vec![token_limit_error(&requests)]);
+        }
+        Ok(Arc::new(Plan::new(
+            requests,
+            &plan_endpoint,
+            config.seed,
+            sequence,
+            failure_ratio,
+        )))
     })
     .await
     .map_err(|error| {
@@ -126,9 +138,11 @@ pub(crate) async fn create_batch(
             validating_ms: config.validating_ms,
             in_progress_ms: config.in_progress_ms,
             finalizing_ms: config.finalizing_ms,
+            finalizing_extra_ms: faults.finalizing_extra_ms,
         },
         seed: config.seed,
         cached_ratio: config.cached_ratio,
+        faults,
         validation,
         cancelled_after_ms: None,
         files_generated: false,
@@ -152,7 +166,11 @@ pub(crate) async fn create_batch(
         let mut store = state.lock();
         let position = store.batches.len();
         store.batch_positions.insert(batch.id.clone(), position);
-        store.batches.push(StoredBatch { batch, created });
+        store.batches.push(StoredBatch {
+            batch,
+            created,
+            call_faults,
+        });
         position
     };
     // With all phase durations at 0 the batch is already finished here.
@@ -310,6 +328,24 @@ fn validate_metadata(metadata: Option<&Value>) -> Result<Option<Map<String, Valu
         }
     }
     Ok(Some(pairs.clone()))
+}
+
+/// Builds the error of the `token_limit_exceeded` fault, worded like OpenAI's
+/// message for an organization's enqueued token limit.
+fn token_limit_error(requests: &[InputRequest]) -> BatchError {
+    let model = requests
+        .first()
+        .map_or("the requested model", |request| request.model.as_str());
+    BatchError {
+        code: "token_limit_exceeded",
+        message: format!(
+            "Enqueued token limit reached for {model} in organization org-simulator. \
+             Limit: 90,000 enqueued tokens. Please try again once some in_progress \
+             batches have been completed."
+        ),
+        line: None,
+        param: None,
+    }
 }
 
 fn invalid_metadata(message: String) -> ApiError {

@@ -194,7 +194,7 @@ fn is_json_format(format_type: Option<&Value>) -> bool {
 
 /// Builds filler text, wrapped in a JSON object when the request sets a JSON
 /// response format.
-fn reply_text(rng: &mut StdRng, completion_tokens: u64, json_mode: bool) -> String {
+pub(crate) fn reply_text(rng: &mut StdRng, completion_tokens: u64, json_mode: bool) -> String {
     let word_count = completion_tokens.min(MAX_REPLY_WORDS);
     let words: Vec<&str> = (0..word_count)
         .map(|_| REPLY_WORDS[rng.random_range(0..REPLY_WORDS.len())])

@@ -13,6 +13,8 @@ pub(crate) struct ApiError {
     /// OpenAI's `type`, such as `invalid_request_error` or `server_error`.
     pub(crate) error_type: &'static str,
     pub(crate) param: Option<String>,
+    /// OpenAI's `code`, such as `rate_limit_exceeded`, or `None` for null.
+    pub(crate) code: Option<&'static str>,
 }
 
 impl ApiError {
@@ -23,6 +25,7 @@ impl ApiError {
             message: message.into(),
             error_type: "invalid_request_error",
             param: None,
+            code: None,
         }
     }
 
@@ -63,6 +66,30 @@ impl ApiError {
         }
     }
 
+    /// Creates the 429 that a rate limit fault injects. The caller adds the
+    /// `Retry-After` header.
+    pub(crate) fn rate_limited() -> ApiError {
+        ApiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            error_type: "requests",
+            code: Some("rate_limit_exceeded"),
+            ..ApiError::invalid_request(
+                "Rate limit reached for requests. The simulator injected this error. \
+                 Retry after the number of seconds in the Retry-After header.",
+            )
+        }
+    }
+
+    /// Creates the `server_error` that a server error fault injects.
+    pub(crate) fn injected_server_error(status: StatusCode) -> ApiError {
+        ApiError {
+            status,
+            ..ApiError::internal(
+                "The server had an error while processing your request. Sorry about that!",
+            )
+        }
+    }
+
     pub(crate) fn with_status(mut self, status: StatusCode) -> ApiError {
         self.status = status;
         self
@@ -81,7 +108,7 @@ impl IntoResponse for ApiError {
                 "message": self.message,
                 "type": self.error_type,
                 "param": self.param,
-                "code": null,
+                "code": self.code,
             }
         });
         (self.status, axum::Json(body)).into_response()

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
+use crate::line_faults::truncate_after_lines;
 use crate::state::{AppState, StoredFile, new_file_id, unix_secs_now};
 
 /// Maximum size of an uploaded batch input file. OpenAI's API reference gives
@@ -96,6 +97,7 @@ pub(crate) async fn upload_file(
         purpose: "batch",
         created_at: unix_secs_now(),
         content,
+        truncate_at_line: None,
     };
     let object = file.to_object();
     tracing::info!(
@@ -124,7 +126,8 @@ pub(crate) async fn retrieve_file(
     Ok(Json(file.to_object()))
 }
 
-/// Handles `GET /v1/files/{id}/content`: returns the stored bytes unchanged.
+/// Handles `GET /v1/files/{id}/content`: returns the stored bytes, cut short
+/// if the file has the `truncate_results_at_line` fault.
 pub(crate) async fn download_file(
     State(state): State<AppState>,
     Path(file_id): Path<String>,
@@ -135,7 +138,10 @@ pub(crate) async fn download_file(
             .files
             .get(&file_id)
             .ok_or_else(|| file_not_found(&file_id))?;
-        file.content.clone()
+        match file.truncate_at_line {
+            Some(line_count) => truncate_after_lines(&file.content, line_count),
+            None => file.content.clone(),
+        }
     };
     Ok((
         [(header::CONTENT_TYPE, "application/octet-stream")],

@@ -1,9 +1,12 @@
-//! A loopback simulator of OpenAI's Files and Batches APIs for batchgate's tests.
+//! A loopback simulator of OpenAI's Files and Batches APIs and Anthropic's
+//! Message Batches API for batchgate's tests.
 //!
-//! It stores uploads in memory, validates batch input files, moves each batch
-//! through `validating`, `in_progress`, `finalizing` and `completed` on a clock
-//! with configurable phase durations, and generates deterministic result files
-//! whose prompt token counts come from the real tokenizer.
+//! It stores uploads in memory and validates batch input files. Each batch moves
+//! through `validating`, `in_progress`, `finalizing` and `completed` (or
+//! Anthropic's `in_progress` and `ended`) on a clock with configurable phase
+//! durations. Result files are deterministic, and their prompt token counts
+//! come from the real tokenizer. Fault profiles inject rate limits, server
+//! errors, delays, expiry and damaged result files.
 //!
 //! ```no_run
 //! # async fn example() -> std::io::Result<()> {
@@ -18,13 +21,17 @@
 //! # }
 //! ```
 
+mod anthropic;
 mod batch;
 mod batches;
 mod bodies;
+mod call_faults;
 mod config;
 mod error;
+mod faults;
 mod files;
 mod hooks;
+mod line_faults;
 mod plan;
 mod results;
 mod seeding;
@@ -40,12 +47,13 @@ use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use crate::config::SimulatorConfig;
 use crate::error::ApiError;
+pub use crate::faults::FaultProfile;
 use crate::state::AppState;
 
 /// Maximum time that `RunningSimulator::shutdown` waits for open requests.
@@ -73,9 +81,11 @@ impl RunningSimulator {
         self.local_addr
     }
 
-    /// Returns the number of batches created so far, failed ones included.
+    /// Returns the number of batches of both providers created so far, failed
+    /// ones included.
     pub fn batches_created(&self) -> usize {
-        self.state.lock().batches.len()
+        let store = self.state.lock();
+        store.batches.len() + store.message_batches.len()
     }
 
     /// Stops accepting connections and waits up to 5 s for open requests to end.
@@ -111,7 +121,7 @@ pub async fn start(
         .map_err(|message| io::Error::new(io::ErrorKind::InvalidInput, message))?;
     let local_addr = listener.local_addr()?;
     let base_url = format!("http://{}", reachable_address(local_addr));
-    let state = AppState::new(config);
+    let state = AppState::new(config, base_url.clone());
     let app = router(state.clone());
 
     let (shutdown_sender, shutdown_receiver) = oneshot::channel::<()>();
@@ -166,6 +176,10 @@ fn router(state: AppState) -> Router {
         )
         .route("/v1/batches/{batch_id}", get(batches::retrieve_batch))
         .route("/v1/batches/{batch_id}/cancel", post(batches::cancel_batch))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            call_faults::inject_openai_call_faults,
+        ))
         .route_layer(middleware::from_fn(require_bearer_token));
 
     let hooks = Router::new()
@@ -174,9 +188,22 @@ fn router(state: AppState) -> Router {
             "/_sim/config",
             get(hooks::read_config).post(hooks::update_config),
         )
+        .route(
+            "/_sim/faults",
+            get(hooks::read_faults).post(hooks::replace_faults),
+        )
+        .route(
+            "/_sim/next-batch-faults",
+            get(hooks::read_next_batch_faults)
+                .post(hooks::queue_next_batch_faults)
+                .merge(delete(hooks::clear_next_batch_faults)),
+        )
         .route_layer(middleware::from_fn(hooks::require_loopback_peer));
 
-    api.merge(hooks).fallback(unknown_route).with_state(state)
+    api.merge(anthropic::router(state.clone()))
+        .merge(hooks)
+        .fallback(unknown_route)
+        .with_state(state)
 }
 
 /// Rejects a request with 401 unless it has `Authorization: Bearer <non-empty key>`.

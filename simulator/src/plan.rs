@@ -25,48 +25,40 @@ pub(crate) enum Outcome {
     ServerError,
 }
 
-impl Outcome {
-    pub(crate) fn is_failure(&self) -> bool {
+/// The result kind of one planned request, for either provider.
+pub(crate) trait RequestOutcome {
+    fn is_failure(&self) -> bool;
+}
+
+impl RequestOutcome for Outcome {
+    fn is_failure(&self) -> bool {
         !matches!(self, Outcome::Succeeded)
     }
 }
 
 #[derive(Debug, Clone)]
-pub(crate) struct PlannedRequest {
+pub(crate) struct PlannedRequest<O = Outcome> {
     pub(crate) request: InputRequest,
-    pub(crate) outcome: Outcome,
+    pub(crate) outcome: O,
 }
 
-/// Requests in processing order, which is also their order in the output and
-/// error files.
+/// Requests in processing order, which is also their order in the result files.
+/// `O` is the outcome type of the provider, OpenAI's by default.
 #[derive(Debug, Clone)]
-pub(crate) struct Plan {
-    pub(crate) requests: Vec<PlannedRequest>,
+pub(crate) struct Plan<O = Outcome> {
+    pub(crate) requests: Vec<PlannedRequest<O>>,
     /// `failed_before[k]` is the number of failures among the first `k` requests.
     failed_before: Vec<usize>,
 }
 
-impl Plan {
-    /// Shuffles the requests with the batch's order stream and draws each outcome.
-    ///
-    /// A body that the endpoint cannot accept is rejected whatever the draw.
-    pub(crate) fn new(
-        requests: Vec<InputRequest>,
-        endpoint: &str,
+impl<O: RequestOutcome> Plan<O> {
+    /// Shuffles requests whose outcomes are already drawn with the batch's order
+    /// stream.
+    pub(crate) fn from_planned(
+        mut planned: Vec<PlannedRequest<O>>,
         seed: u64,
         sequence: u64,
-        failure_ratio: f64,
-    ) -> Plan {
-        let mut planned: Vec<PlannedRequest> = requests
-            .into_iter()
-            .map(|request| {
-                let outcome = match find_body_problem(endpoint, &request.body) {
-                    Some(rejection) => rejection,
-                    None => draw_outcome(seed, sequence, &request.custom_id, failure_ratio),
-                };
-                PlannedRequest { request, outcome }
-            })
-            .collect();
+    ) -> Plan<O> {
         planned.shuffle(&mut stream_rng(seed, sequence, Stream::Order, ""));
 
         let mut failed_before = Vec::with_capacity(planned.len() + 1);
@@ -93,6 +85,31 @@ impl Plan {
         let done = done.min(self.len());
         let failed = self.failed_before[done];
         (done - failed, failed)
+    }
+}
+
+impl Plan {
+    /// Shuffles the requests with the batch's order stream and draws each outcome.
+    ///
+    /// A body that the endpoint cannot accept is rejected whatever the draw.
+    pub(crate) fn new(
+        requests: Vec<InputRequest>,
+        endpoint: &str,
+        seed: u64,
+        sequence: u64,
+        failure_ratio: f64,
+    ) -> Plan {
+        let planned: Vec<PlannedRequest> = requests
+            .into_iter()
+            .map(|request| {
+                let outcome = match find_body_problem(endpoint, &request.body) {
+                    Some(rejection) => rejection,
+                    None => draw_outcome(seed, sequence, &request.custom_id, failure_ratio),
+                };
+                PlannedRequest { request, outcome }
+            })
+            .collect();
+        Plan::from_planned(planned, seed, sequence)
     }
 }
 

@@ -5,6 +5,8 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::bodies::success_body;
+use crate::faults::FaultProfile;
+use crate::line_faults::{ResultLine, damage_and_join};
 use crate::plan::{Outcome, Plan};
 use crate::seeding::{Stream, random_hex, stream_rng};
 
@@ -15,6 +17,11 @@ pub(crate) struct GenerationSettings<'a> {
     pub(crate) seed: u64,
     pub(crate) sequence: u64,
     pub(crate) cached_ratio: f64,
+    /// Whether the requests after the first `done` expired, which puts them in
+    /// the error file as `batch_expired` lines.
+    pub(crate) expired: bool,
+    /// Faults that damage the output file.
+    pub(crate) faults: &'a FaultProfile,
 }
 
 /// JSONL contents of a finished batch. Either may be empty.
@@ -27,12 +34,13 @@ pub(crate) struct GeneratedFiles {
 }
 
 #[derive(Serialize)]
-struct ResultLine<'a> {
+struct OutputLine<'a> {
     id: String,
     custom_id: &'a str,
-    response: ResponseEnvelope,
-    /// Always null. OpenAI sets it only for failures without an HTTP response,
-    /// and the simulator produces none.
+    /// Null only for an expired request.
+    response: Option<ResponseEnvelope>,
+    /// Null unless the request expired. OpenAI sets it only for failures
+    /// without an HTTP response.
     error: Option<Value>,
 }
 
@@ -43,7 +51,12 @@ struct ResponseEnvelope {
     body: Value,
 }
 
-/// Generates the result lines of the first `done` requests in processing order.
+/// Message of the error that OpenAI writes for a request that expired.
+const EXPIRED_MESSAGE: &str =
+    "This request could not be executed before the completion window expired.";
+
+/// Generates the result lines of the first `done` requests in processing order,
+/// followed by an expired line for each other request if the batch expired.
 ///
 /// Each line depends only on the settings and the request, so the same seed,
 /// sequence number and input always give the same bytes.
@@ -52,8 +65,12 @@ pub(crate) fn generate_files(
     done: usize,
     settings: GenerationSettings<'_>,
 ) -> GeneratedFiles {
-    let mut files = GeneratedFiles::default();
-    for planned in plan.requests.iter().take(done) {
+    let mut output_lines = Vec::new();
+    let mut errors = Vec::new();
+    for (index, planned) in plan.requests.iter().enumerate() {
+        if index >= done && !settings.expired {
+            break;
+        }
         let request = &planned.request;
         let mut rng = stream_rng(
             settings.seed,
@@ -62,6 +79,16 @@ pub(crate) fn generate_files(
             &request.custom_id,
         );
         let id = format!("batch_req_{}", random_hex(&mut rng));
+        if index >= done {
+            let line = OutputLine {
+                id,
+                custom_id: &request.custom_id,
+                response: None,
+                error: Some(json!({"code": "batch_expired", "message": EXPIRED_MESSAGE})),
+            };
+            push_line(&mut errors, &line, &request.custom_id);
+            continue;
+        }
         let request_id = format!("req_{}", random_hex(&mut rng));
 
         let (status_code, body) = match &planned.outcome {
@@ -84,34 +111,54 @@ pub(crate) fn generate_files(
             ),
         };
 
-        let line = ResultLine {
+        let line = OutputLine {
             id,
             custom_id: &request.custom_id,
-            response: ResponseEnvelope {
+            response: Some(ResponseEnvelope {
                 status_code,
                 request_id,
                 body,
-            },
+            }),
             error: None,
         };
-        let target = if status_code == 200 {
-            &mut files.output
-        } else {
-            &mut files.errors
-        };
-        // serde_json fails here only on a map with non-string keys, which these
-        // types do not contain.
-        if let Err(error) = serde_json::to_writer(&mut *target, &line) {
-            tracing::error!(
-                %error,
-                custom_id = %request.custom_id,
-                "failed to serialize a result line"
-            );
+        if status_code != 200 {
+            push_line(&mut errors, &line, &request.custom_id);
             continue;
         }
-        target.push(b'\n');
+        match serde_json::to_vec(&line) {
+            Ok(bytes) => output_lines.push(ResultLine {
+                bytes,
+                succeeded: true,
+            }),
+            Err(error) => log_serialization_error(&error, &request.custom_id),
+        }
     }
-    files
+
+    let mut fault_rng = stream_rng(settings.seed, settings.sequence, Stream::Fault, "");
+    let output = damage_and_join(
+        output_lines,
+        settings.faults.duplicate_custom_id,
+        settings.faults.malformed_line_at,
+        &mut fault_rng,
+    );
+    GeneratedFiles { output, errors }
+}
+
+/// Appends `line` and a newline to `target`.
+fn push_line(target: &mut Vec<u8>, line: &OutputLine<'_>, custom_id: &str) {
+    match serde_json::to_vec(line) {
+        Ok(bytes) => {
+            target.extend_from_slice(&bytes);
+            target.push(b'\n');
+        }
+        Err(error) => log_serialization_error(&error, custom_id),
+    }
+}
+
+// serde_json fails on these lines only for a map with non-string keys, which
+// their types do not contain.
+fn log_serialization_error(error: &serde_json::Error, custom_id: &str) {
+    tracing::error!(%error, %custom_id, "failed to serialize a result line");
 }
 
 fn error_body(message: &str, error_type: &str, param: Option<&str>) -> Value {

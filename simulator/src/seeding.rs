@@ -21,6 +21,8 @@ pub(crate) enum Stream {
     Outcome,
     /// Ids, token counts, text and embeddings of a request's result.
     Content,
+    /// Choices of the fault profile, such as which result line is duplicated.
+    Fault,
 }
 
 impl Stream {
@@ -29,6 +31,7 @@ impl Stream {
             Stream::Order => b"order",
             Stream::Outcome => b"outcome",
             Stream::Content => b"content",
+            Stream::Fault => b"fault",
         }
     }
 }

@@ -1,6 +1,6 @@
 //! In-memory store of files and batches, shared by all handlers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -8,9 +8,11 @@ use axum::body::Bytes;
 use rand::Rng;
 use serde_json::{Value, json};
 
+use crate::anthropic::batch::MessageBatch;
 use crate::batch::{Batch, BatchObject, BatchStatus, Snapshot};
 use crate::config::SimulatorConfig;
 use crate::error::ApiError;
+use crate::faults::{CallFaultBudget, FaultProfile};
 use crate::plan::Plan;
 use crate::results::{GeneratedFiles, GenerationSettings, generate_files};
 
@@ -23,6 +25,9 @@ pub(crate) struct StoredFile {
     pub(crate) purpose: &'static str,
     pub(crate) created_at: u64,
     pub(crate) content: Bytes,
+    /// Number of lines after which downloads stop, from the
+    /// `truncate_results_at_line` fault. The stored content stays whole.
+    pub(crate) truncate_at_line: Option<u64>,
 }
 
 impl StoredFile {
@@ -39,14 +44,18 @@ impl StoredFile {
     }
 }
 
-/// A batch as stored, with the clock reading that its elapsed time counts from.
+/// A batch of either provider as stored, with the clock reading that its
+/// elapsed time counts from.
 #[derive(Debug)]
-pub(crate) struct StoredBatch {
-    pub(crate) batch: Batch,
+pub(crate) struct StoredBatch<B = Batch> {
+    pub(crate) batch: B,
     pub(crate) created: Instant,
+    /// Rate limit and server error responses still due to calls that name the
+    /// batch, from a per-batch fault profile.
+    pub(crate) call_faults: CallFaultBudget,
 }
 
-impl StoredBatch {
+impl<B> StoredBatch<B> {
     pub(crate) fn elapsed_ms(&self, now: Instant) -> u64 {
         u64::try_from(now.saturating_duration_since(self.created).as_millis()).unwrap_or(u64::MAX)
     }
@@ -55,17 +64,54 @@ impl StoredBatch {
 #[derive(Debug)]
 pub(crate) struct Store {
     pub(crate) config: SimulatorConfig,
+    /// Base URL of the server, the prefix of Anthropic's `results_url`.
+    pub(crate) base_url: String,
     pub(crate) files: HashMap<String, StoredFile>,
-    /// Batches in creation order.
+    /// OpenAI batches in creation order.
     pub(crate) batches: Vec<StoredBatch>,
     pub(crate) batch_positions: HashMap<String, usize>,
+    /// Position of the OpenAI batch that each generated result file belongs to.
+    pub(crate) result_file_batches: HashMap<String, usize>,
+    /// Anthropic message batches in creation order.
+    pub(crate) message_batches: Vec<StoredBatch<MessageBatch>>,
+    pub(crate) message_batch_positions: HashMap<String, usize>,
     /// Number of files uploaded through `POST /v1/files`, deleted ones included.
     pub(crate) files_uploaded: usize,
-    /// Last batch sequence number handed out.
+    /// Last OpenAI batch sequence number handed out.
     pub(crate) last_sequence: u64,
+    /// Last Anthropic message batch sequence number handed out.
+    pub(crate) last_message_batch_sequence: u64,
+    /// Fault profiles queued for the next batches created, oldest first.
+    pub(crate) next_batch_faults: VecDeque<FaultProfile>,
+    /// Rate limit and server error responses still due to any API call, from
+    /// the run-level fault profile.
+    pub(crate) run_call_faults: CallFaultBudget,
+    /// Number of 429 responses injected so far.
+    pub(crate) rate_limited_responses: u64,
+    /// Number of server error responses injected so far.
+    pub(crate) server_error_responses: u64,
 }
 
 impl Store {
+    /// Replaces the run-level fault profile and restarts its call counters.
+    pub(crate) fn set_run_faults(&mut self, faults: FaultProfile) {
+        self.run_call_faults = faults.call_budget();
+        self.config.faults = faults;
+    }
+
+    /// Takes the fault profile of a batch being created: the oldest queued
+    /// per-batch profile with its call faults, or else the run-level profile,
+    /// whose call faults stay at run level.
+    pub(crate) fn take_batch_faults(&mut self) -> (FaultProfile, CallFaultBudget) {
+        match self.next_batch_faults.pop_front() {
+            Some(profile) => {
+                let budget = profile.call_budget();
+                (profile, budget)
+            }
+            None => (self.config.faults.clone(), CallFaultBudget::default()),
+        }
+    }
+
     /// Computes a batch's status at `now`.
     pub(crate) fn snapshot(&self, position: usize, now: Instant) -> Snapshot {
         let stored = &self.batches[position];
@@ -78,7 +124,7 @@ impl Store {
         let batch = &self.batches[position].batch;
         let finished = matches!(
             snapshot.status,
-            BatchStatus::Completed | BatchStatus::Cancelled
+            BatchStatus::Completed | BatchStatus::Cancelled | BatchStatus::Expired
         );
         if !finished || batch.files_generated {
             return None;
@@ -90,6 +136,8 @@ impl Store {
             seed: batch.seed,
             sequence: batch.sequence,
             cached_ratio: batch.cached_ratio,
+            expired: snapshot.status == BatchStatus::Expired,
+            faults: batch.faults.clone(),
         })
     }
 
@@ -104,7 +152,8 @@ impl Store {
         let created_at = unix_secs_now();
         let mut new_files = Vec::new();
         if !generated.output.is_empty() {
-            let file = generated_file(&batch.id, "output", created_at, generated.output);
+            let mut file = generated_file(&batch.id, "output", created_at, generated.output);
+            file.truncate_at_line = batch.faults.truncate_results_at_line;
             batch.output_file_id = Some(file.id.clone());
             new_files.push(file);
         }
@@ -118,11 +167,13 @@ impl Store {
             status = snapshot.status.as_str(),
             completed = snapshot.completed,
             failed = snapshot.failed,
+            expired = snapshot.expired,
             output_file_id = ?batch.output_file_id,
             error_file_id = ?batch.error_file_id,
             "batch finished"
         );
         for file in new_files {
+            self.result_file_batches.insert(file.id.clone(), position);
             self.files.insert(file.id.clone(), file);
         }
     }
@@ -138,6 +189,8 @@ struct GenerationJob {
     seed: u64,
     sequence: u64,
     cached_ratio: f64,
+    expired: bool,
+    faults: FaultProfile,
 }
 
 impl GenerationJob {
@@ -153,6 +206,8 @@ impl GenerationJob {
                 seed: self.seed,
                 sequence: self.sequence,
                 cached_ratio: self.cached_ratio,
+                expired: self.expired,
+                faults: &self.faults,
             },
         )
     }
@@ -165,6 +220,7 @@ fn generated_file(batch_id: &str, kind: &str, created_at: u64, content: Vec<u8>)
         purpose: "batch_output",
         created_at,
         content: Bytes::from(content),
+        truncate_at_line: None,
     }
 }
 
@@ -175,14 +231,24 @@ pub(crate) struct AppState {
 }
 
 impl AppState {
-    pub(crate) fn new(config: SimulatorConfig) -> AppState {
+    pub(crate) fn new(config: SimulatorConfig, base_url: String) -> AppState {
+        let run_call_faults = config.faults.call_budget();
         let store = Store {
             config,
+            base_url,
             files: HashMap::new(),
             batches: Vec::new(),
             batch_positions: HashMap::new(),
+            result_file_batches: HashMap::new(),
+            message_batches: Vec::new(),
+            message_batch_positions: HashMap::new(),
             files_uploaded: 0,
             last_sequence: 0,
+            last_message_batch_sequence: 0,
+            next_batch_faults: VecDeque::new(),
+            run_call_faults,
+            rate_limited_responses: 0,
+            server_error_responses: 0,
         };
         AppState {
             store: Arc::new(Mutex::new(store)),
@@ -191,8 +257,8 @@ impl AppState {
 
     /// Builds the object of the batch at `position` in creation order.
     ///
-    /// A batch read for the first time in `completed` or `cancelled` gets its
-    /// result files first. They are generated on a blocking thread without the
+    /// A batch read for the first time in `completed`, `cancelled` or `expired`
+    /// gets its result files first. They are generated on a blocking thread without the
     /// lock, so a large batch does not stall other requests. Two requests that
     /// race here generate the same bytes, and the first to finish stores them.
     pub(crate) async fn batch_object(&self, position: usize) -> Result<BatchObject, ApiError> {
@@ -248,4 +314,8 @@ pub(crate) fn new_file_id() -> String {
 
 pub(crate) fn new_batch_id() -> String {
     format!("batch_{:032x}", rand::rng().random::<u128>())
+}
+
+pub(crate) fn new_message_batch_id() -> String {
+    format!("msgbatch_{:032x}", rand::rng().random::<u128>())
 }

@@ -89,6 +89,16 @@ impl TestEnv {
     /// Starts a simulator with `simulator` settings and connects to the broker and Redis.
     /// `teams` lists (team, cost center, monthly budget in USD).
     pub async fn new(simulator: SimulatorConfig, teams: &[(&str, &str, &str)]) -> TestEnv {
+        TestEnv::with_settings(simulator, teams, "").await
+    }
+
+    /// Like [`TestEnv::new`], with `provider_settings` added to both provider
+    /// tables (for example `max_requests_per_batch = 40`).
+    pub async fn with_settings(
+        simulator: SimulatorConfig,
+        teams: &[(&str, &str, &str)],
+        provider_settings: &str,
+    ) -> TestEnv {
         let id = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -99,8 +109,9 @@ impl TestEnv {
         let dir = tempfile::tempdir().expect("temporary directory");
         let mut text = format!(
             "price_table = {price:?}\n\n[broker]\nurl = {broker:?}\nprefix = {id:?}\n\n[redis]\nurl = {redis:?}\nprefix = {id:?}\n\n\
-             [providers.openai]\nbase_url = {base:?}\nrequest_timeout_secs = 10\nmax_attempts = 3\n\n\
-             [worker]\npoll_interval_secs = 1\nprefetch = 8\n\n",
+             [providers.openai]\nbase_url = {base:?}\nrequest_timeout_secs = 10\nmax_attempts = 3\n{provider_settings}\n\n\
+             [providers.anthropic]\nbase_url = {base:?}\nrequest_timeout_secs = 10\nmax_attempts = 3\n{provider_settings}\n\n\
+             [worker]\npoll_interval_secs = 1\nprefetch = 8\ncreation_lease_secs = 5\n\n",
             price = repo_root().join("config/prices.toml").display().to_string(),
             broker = broker_url(),
             redis = redis_url(),
@@ -181,10 +192,18 @@ impl TestEnv {
 
     /// Starts `batchgate-worker` as a separate process with this test's configuration.
     pub fn spawn_worker_process(&self) -> std::process::Child {
+        self.spawn_worker_process_with(&[])
+    }
+
+    /// Starts `batchgate-worker` with extra environment variables, for example
+    /// `BATCHGATE_CRASH_POINT` (the binary must be built with `crash-points`).
+    pub fn spawn_worker_process_with(&self, environment: &[(&str, &str)]) -> std::process::Child {
         std::process::Command::new(binary("batchgate-worker"))
+            .envs(environment.iter().copied())
             .arg("--config")
             .arg(&self.config_path)
             .env("OPENAI_API_KEY", TEST_API_KEY)
+            .env("ANTHROPIC_API_KEY", TEST_API_KEY)
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null())
             .spawn()

@@ -161,6 +161,13 @@ impl Worker {
             );
         }
 
+        let planned = self.store.part(job_id, index).await?;
+        let planned: u64 = planned
+            .get("requests")
+            .and_then(|requests| requests.parse().ok())
+            .unwrap_or(0);
+        let mut totals = totals;
+        count_missing_requests(&mut totals, &batch.state, planned);
         let record = match self.ledger_record(job, index, total, batch, stored, &totals) {
             Ok(record) => record,
             Err(error) => {
@@ -310,4 +317,16 @@ impl Worker {
             accrual_period,
         })
     }
+}
+
+/// Counts requests that appear in no result file: a cancelled or expired batch
+/// leaves the unfinished ones out, so they count as cancelled or expired.
+fn count_missing_requests(totals: &mut ResultTotals, state: &BatchState, planned: u64) {
+    let missing = planned.saturating_sub(totals.requests.total);
+    match state {
+        BatchState::Cancelled => totals.requests.cancelled += missing,
+        BatchState::Expired => totals.requests.expired += missing,
+        _ => return,
+    }
+    totals.requests.total += missing;
 }

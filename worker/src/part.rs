@@ -30,7 +30,15 @@ impl Worker {
         let resuming = match claim {
             CreationClaim::Fresh => false,
             CreationClaim::Resume => true,
-            CreationClaim::Busy | CreationClaim::Other(_) => return Ok(()),
+            // Another worker holds the lease: deliver the message again, so that the
+            // part is resumed here if that worker died before recording the batch.
+            CreationClaim::Busy => {
+                return Err(Error::Broker(format!(
+                    "part {} of job {job_id} is being created under another worker's lease",
+                    index + 1
+                )));
+            }
+            CreationClaim::Other(_) => return Ok(()),
         };
         let stored = self.store.job(job_id).await?;
         if stored.contains_key("cancel_requested") {

@@ -1,5 +1,5 @@
 //! Helpers shared by the integration tests: a simulator on a free loopback port
-//! and a small OpenAI client written with reqwest.
+//! and small OpenAI and Anthropic clients written with reqwest.
 
 #![allow(dead_code)]
 
@@ -33,6 +33,7 @@ pub fn fast_config() -> SimulatorConfig {
         finalizing_ms: 50,
         failure_ratio: 0.0,
         cached_ratio: 0.0,
+        ..SimulatorConfig::default()
     }
 }
 
@@ -195,4 +196,148 @@ pub fn chat_requests(count: usize, max_tokens: u64) -> Vec<u8> {
         content.push('\n');
     }
     content.into_bytes()
+}
+
+pub const ANTHROPIC_SAMPLE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../shared/samples/docstring-review.anthropic.jsonl"
+);
+
+/// The `anthropic-version` header value that the simulator requires.
+pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+impl Client {
+    /// Starts an Anthropic API request with `x-api-key` and `anthropic-version`.
+    pub fn anthropic(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, self.url(path))
+            .header("x-api-key", API_KEY)
+            .header("anthropic-version", ANTHROPIC_VERSION)
+    }
+
+    pub async fn anthropic_get(&self, path: &str) -> reqwest::Response {
+        self.anthropic(reqwest::Method::GET, path)
+            .send()
+            .await
+            .expect("send GET")
+    }
+
+    pub async fn anthropic_post(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.anthropic(reqwest::Method::POST, path)
+            .json(body)
+            .send()
+            .await
+            .expect("send POST")
+    }
+
+    pub async fn anthropic_get_json(&self, path: &str) -> Value {
+        let response = self.anthropic_get(path).await;
+        assert_eq!(response.status(), 200, "status of GET {path}");
+        response.json().await.expect("JSON body")
+    }
+
+    /// Creates a message batch from a `requests` array, asserting a 200.
+    pub async fn create_message_batch(&self, requests: &Value) -> Value {
+        let response = self
+            .anthropic_post("/v1/messages/batches", &json!({ "requests": requests }))
+            .await;
+        assert_eq!(response.status(), 200, "create message batch status");
+        response.json().await.expect("message batch object")
+    }
+
+    /// Polls a message batch until its processing status is `ended`.
+    pub async fn wait_until_ended(&self, batch_id: &str) -> Value {
+        let deadline = Instant::now() + WAIT_TIMEOUT;
+        loop {
+            let batch = self
+                .anthropic_get_json(&format!("/v1/messages/batches/{batch_id}"))
+                .await;
+            if batch["processing_status"] == "ended" {
+                return batch;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "message batch {batch_id} not ended after {WAIT_TIMEOUT:?}: {batch}"
+            );
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// Creates a message batch and waits until it has ended.
+    pub async fn run_message_batch(&self, requests: &Value) -> Value {
+        let batch = self.create_message_batch(requests).await;
+        self.wait_until_ended(batch["id"].as_str().expect("batch id"))
+            .await
+    }
+
+    /// Downloads the results of a message batch as text, asserting a 200.
+    pub async fn message_batch_results(&self, batch_id: &str) -> String {
+        let response = self
+            .anthropic_get(&format!("/v1/messages/batches/{batch_id}/results"))
+            .await;
+        assert_eq!(response.status(), 200, "results status of {batch_id}");
+        response.text().await.expect("results body")
+    }
+
+    /// Downloads the results of a message batch and parses each line as JSON.
+    pub async fn message_batch_result_lines(&self, batch_id: &str) -> Vec<Value> {
+        self.message_batch_results(batch_id)
+            .await
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("result line is JSON"))
+            .collect()
+    }
+
+    /// Sends a JSON body to a test hook, which needs no API key.
+    pub async fn post_hook(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("send hook POST")
+    }
+
+    pub async fn get_hook(&self, path: &str) -> Value {
+        let response = self
+            .http
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("send hook GET");
+        assert_eq!(response.status(), 200, "status of GET {path}");
+        response.json().await.expect("hook body")
+    }
+}
+
+/// Builds `count` valid message batch requests with `max_tokens` and distinct prompts.
+pub fn message_requests(count: usize, max_tokens: u64) -> Value {
+    let requests: Vec<Value> = (0..count)
+        .map(|index| {
+            json!({
+                "custom_id": format!("msg-{index:04}"),
+                "params": {
+                    "model": "claude-haiku-4-5",
+                    "max_tokens": max_tokens,
+                    "system": "Answer briefly.",
+                    "messages": [
+                        {"role": "user", "content": format!("Describe item number {index}.")},
+                    ],
+                },
+            })
+        })
+        .collect();
+    Value::Array(requests)
+}
+
+/// Reads the first `count` requests of the Anthropic sample file.
+pub fn sample_message_requests(count: usize) -> Value {
+    let text = std::fs::read_to_string(ANTHROPIC_SAMPLE)
+        .unwrap_or_else(|error| panic!("read {ANTHROPIC_SAMPLE}: {error}"));
+    let requests: Vec<Value> = text
+        .lines()
+        .take(count)
+        .map(|line| serde_json::from_str(line).expect("sample line is JSON"))
+        .collect();
+    Value::Array(requests)
 }
