@@ -60,9 +60,21 @@ pub async fn run(config: &Config, arguments: StatusArguments) -> Result<ExitCode
         let mut fields = job.clone();
         fields.remove("message");
         fields.remove("fingerprint");
-        fields.remove("poll_chain");
-        let output =
-            serde_json::json!({"job_id": arguments.job_id, "job": fields, "history": history});
+        fields.remove("plan");
+        let parts: Vec<_> = parts
+            .iter()
+            .map(|part| {
+                let mut part = part.clone();
+                part.remove("poll_chain");
+                part
+            })
+            .collect();
+        let output = serde_json::json!({
+            "job_id": arguments.job_id,
+            "job": fields,
+            "parts": parts,
+            "history": history,
+        });
         print_output(&format!("{}\n", serde_json::to_string_pretty(&output)?));
         return Ok(ExitCode::SUCCESS);
     }

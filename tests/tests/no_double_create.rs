@@ -89,3 +89,19 @@ async fn openai_batch_found_after_crash() {
     let manifest = |job_id: &str| chat_manifest(job_id, "data-eng", "CC-1001");
     crash_after_create(manifest, "catalog-enrichment.openai.jsonl", 30).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_batch_found_after_crash() {
+    let manifest = |job_id: &str| Manifest {
+        job_id: job_id.to_owned(),
+        owner_team: "ml-eval".to_owned(),
+        cost_center: "CC-3003".to_owned(),
+        workload_class: "eval".to_owned(),
+        purpose: "grade docstrings".to_owned(),
+        provider: "anthropic".to_owned(),
+        endpoint: "/v1/messages".to_owned(),
+        model: "claude-haiku-4-5".to_owned(),
+        completion_window: "24h".to_owned(),
+    };
+    crash_after_create(manifest, "docstring-review.anthropic.jsonl", 25).await;
+}
