@@ -14,7 +14,7 @@ use crate::status::FINAL_STATES;
 #[derive(clap::Args)]
 pub struct CancelArguments {
     job_id: String,
-    /// Who asks for the cancellation, recorded in the job's history.
+    /// Name of the person requesting the cancellation, recorded in the job's history.
     #[arg(long, env = "USER", default_value = "unknown")]
     by: String,
 }

@@ -27,8 +27,8 @@ pub struct SubmitArguments {
 
 pub async fn run(config: &Config, arguments: SubmitArguments) -> Result<ExitCode, Failure> {
     let job = prepare(config, &arguments)?;
-    // The scheduler rejects a reused job id in any case; checking here turns the
-    // common mistake into an immediate error instead of a later rejection event.
+    // The scheduler rejects a reused job id in any case. Checking here as well turns
+    // the common mistake into an immediate error instead of a later rejection event.
     let store = Store::connect(&config.redis).await?;
     let existing = store.job(&job.manifest.job_id).await?;
     if let Some(state) = existing.get("state") {

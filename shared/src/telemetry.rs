@@ -8,9 +8,12 @@ use tracing_subscriber::EnvFilter;
 /// switches to one JSON object per line.
 pub fn init_logging() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour codes only for a terminal, so that log files stay plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     if std::env::var("BATCHGATE_LOG_FORMAT").is_ok_and(|format| format == "json") {
         let _ = builder.json().try_init();
     } else {

@@ -346,3 +346,144 @@ fn unreachable_broker_is_named() {
     assert!(stderr.contains("rabbitmq-server"), "{stderr}");
     assert!(!stderr.contains("hunter2"), "the password leaked: {stderr}");
 }
+
+const ANTHROPIC_MANIFEST: &str = r#"
+job_id = "JOB"
+owner_team = "ml-eval"
+cost_center = "CC-3003"
+workload_class = "eval"
+purpose = "validation test"
+provider = "anthropic"
+endpoint = "/v1/messages"
+model = "claude-haiku-4-5"
+"#;
+
+fn anthropic_line(custom_id: &str) -> String {
+    format!(
+        r#"{{"custom_id":"{custom_id}","params":{{"model":"claude-haiku-4-5","max_tokens":50,"messages":[{{"role":"user","content":"hi"}}]}}}}"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_rejects_invalid_anthropic_input() {
+    let env = TestEnv::new(
+        SimulatorConfig::default(),
+        &[("ml-eval", "CC-3003", "10.00")],
+    )
+    .await;
+    let cases: [(&str, String, &[&str]); 6] = [
+        (
+            "custom id with a dot",
+            anthropic_line("doc.1") + "\n",
+            &["line 1", "custom_id", "doc.1"],
+        ),
+        (
+            "custom id too long",
+            anthropic_line(&"x".repeat(65)) + "\n",
+            &["line 1", "custom_id"],
+        ),
+        (
+            "missing max tokens",
+            anthropic_line("a").replace(r#""max_tokens":50,"#, "") + "\n",
+            &["line 1", "max_tokens"],
+        ),
+        (
+            "other model",
+            anthropic_line("a").replace("claude-haiku-4-5", "claude-opus-4-8") + "\n",
+            &["line 1", "model"],
+        ),
+        (
+            "missing messages",
+            anthropic_line("a").replace(r#","messages":[{"role":"user","content":"hi"}]"#, "")
+                + "\n",
+            &["line 1", "messages"],
+        ),
+        (
+            "openai shape",
+            line("a") + "\n",
+            &["line 1", "unexpected key"],
+        ),
+    ];
+    for (index, (name, input, expected)) in cases.iter().enumerate() {
+        let manifest_path = env.dir.path().join(format!("anthropic-{index}.toml"));
+        let input_path = env.dir.path().join(format!("anthropic-{index}.jsonl"));
+        std::fs::write(
+            &manifest_path,
+            ANTHROPIC_MANIFEST.replace("\"JOB\"", &format!("\"{}-a{index}\"", env.id)),
+        )
+        .unwrap();
+        std::fs::write(&input_path, input).unwrap();
+        let output = env.cli(&[
+            "submit",
+            "--manifest",
+            manifest_path.to_str().unwrap(),
+            "--input",
+            input_path.to_str().unwrap(),
+        ]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "case {name:?}: {stderr}");
+        for expected in *expected {
+            assert!(
+                stderr.contains(expected),
+                "case {name:?}: stderr does not mention {expected:?}: {stderr}"
+            );
+        }
+    }
+
+    // The manifest of the other provider's endpoint is rejected by field.
+    let manifest_path = env.dir.path().join("anthropic-endpoint.toml");
+    let manifest = ANTHROPIC_MANIFEST
+        .replace("\"JOB\"", "\"endpoint-case\"")
+        .replace("/v1/messages", "/v1/chat/completions");
+    std::fs::write(&manifest_path, manifest).unwrap();
+    let input_path = env.dir.path().join("anthropic-0.jsonl");
+    let output = env.cli(&[
+        "submit",
+        "--manifest",
+        manifest_path.to_str().unwrap(),
+        "--input",
+        input_path.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("endpoint"), "{stderr}");
+    env.cleanup().await;
+}
+
+#[test]
+fn refused_login_is_not_called_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("batchgate.toml");
+    let prices = batchgate_tests::repo_root().join("config/prices.toml");
+    let url = batchgate_tests::broker_url().replacen("guest:guest@", "guest:wrong-password@", 1);
+    std::fs::write(
+        &config,
+        format!(
+            "price_table = {:?}\n[broker]\nurl = {url:?}\nconnect_timeout_secs = 5\n\
+             [redis]\nurl = \"redis://127.0.0.1:6379\"\n[teams.search]\ncost_center = \"CC-2002\"\nmonthly_budget_usd = \"1\"\n",
+            prices.display().to_string()
+        ),
+    )
+    .unwrap();
+    let output = std::process::Command::new(batchgate_tests::binary("batchgate"))
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "ledger",
+            "--month",
+            "2026-12",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("refused the connection"), "{stderr}");
+    assert!(
+        stderr.contains("Check the user, password and vhost"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("wrong-password"),
+        "the password leaked: {stderr}"
+    );
+}

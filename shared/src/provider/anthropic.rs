@@ -2,7 +2,7 @@
 //! `processing_status`, and stream the results JSONL.
 //!
 //! Anthropic batches carry no metadata, so the job id lives in batchgate's own
-//! records; a batch created before a crash is found again by its creation time
+//! records. A batch created before a crash is found again by its creation time
 //! and request count.
 
 use chrono::{DateTime, Utc};
@@ -128,7 +128,7 @@ impl Provider for AnthropicClient {
         "anthropic"
     }
 
-    /// Sends the part file, which holds the create body `{"requests": [...]}`.
+    /// Sends the part file, which contains the create body `{"requests": [...]}`.
     async fn create_batch(&self, part: &PartRequest<'_>) -> Result<ProviderBatch> {
         let path = part.file;
         let context = |error| Error::io(format!("cannot read part file {}", path.display()), error);
