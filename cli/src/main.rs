@@ -63,7 +63,8 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
 }
 
 fn main() -> ExitCode {
-    batchgate_shared::telemetry::init_logging();
+    // The command reports its own errors; the AMQP client's connection log would repeat them.
+    batchgate_shared::telemetry::init_logging("warn,lapin=off");
     let arguments = Arguments::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -4,10 +4,10 @@ use tracing_subscriber::EnvFilter;
 
 /// Installs a `tracing` subscriber writing to stderr.
 ///
-/// `RUST_LOG` sets the filter (default `info`); `BATCHGATE_LOG_FORMAT=json`
+/// `RUST_LOG` sets the filter (default `default_filter`); `BATCHGATE_LOG_FORMAT=json`
 /// switches to one JSON object per line.
-pub fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+pub fn init_logging(default_filter: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     // Colour codes only for a terminal, so that log files stay plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()

@@ -21,7 +21,7 @@ struct Arguments {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    batchgate_shared::telemetry::init_logging();
+    batchgate_shared::telemetry::init_logging("info");
     let arguments = Arguments::parse();
     let config = Config::load(&arguments.config)?;
     let worker = batchgate_worker::Worker::connect(config)
