@@ -110,13 +110,10 @@ impl ResultTotals {
         tokens
     }
 
-    /// Adds the totals of another file of the same batch.
+    /// Adds the totals of a later file of the same batch, read with
+    /// [`ResultTotals::add_line_after`] so that it repeats no `custom_id`.
     pub fn merge(&mut self, other: ResultTotals) {
-        for custom_id in other.seen {
-            if !self.seen.insert(custom_id) {
-                self.duplicate_lines += 1;
-            }
-        }
+        self.seen.extend(other.seen);
         self.requests.add(&other.requests);
         self.tokens_succeeded.add(&other.tokens_succeeded);
         self.tokens_failed.add(&other.tokens_failed);
@@ -126,6 +123,16 @@ impl ResultTotals {
     /// Adds one result line. A line that cannot be read returns a description of
     /// the problem, and the caller reports it with its file and line number.
     pub fn add_line(&mut self, line: &[u8]) -> Result<(), String> {
+        self.add_line_after(line, None)
+    }
+
+    /// Adds one result line of a later file of the same batch: a `custom_id`
+    /// already counted in `earlier` files is a duplicate and adds nothing.
+    pub fn add_line_after(
+        &mut self,
+        line: &[u8],
+        earlier: Option<&ResultTotals>,
+    ) -> Result<(), String> {
         let trimmed = line.trim_ascii();
         if trimmed.is_empty() {
             return Ok(());
@@ -134,7 +141,9 @@ impl ResultTotals {
             ResultFormat::OpenAi => parse_openai(trimmed)?,
             ResultFormat::Anthropic => parse_anthropic(trimmed)?,
         };
-        if !self.seen.insert(custom_id) {
+        if earlier.is_some_and(|earlier| earlier.seen.contains(&custom_id))
+            || !self.seen.insert(custom_id)
+        {
             self.duplicate_lines += 1;
             return Ok(());
         }

@@ -7,7 +7,8 @@ use tracing_subscriber::EnvFilter;
 /// `RUST_LOG` sets the filter (default `default_filter`); `BATCHGATE_LOG_FORMAT=json`
 /// switches to one JSON object per line.
 pub fn init_logging(default_filter: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     // Colour codes only for a terminal, so that log files stay plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()

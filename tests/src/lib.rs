@@ -283,6 +283,7 @@ impl TestEnv {
         let queues = [
             names.submitted_queue(),
             names.ready_queue("openai"),
+            names.ready_queue("anthropic"),
             names.events_stream(),
             names.ledger_stream(),
             names.poll_due_queue(),

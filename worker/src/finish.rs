@@ -68,7 +68,7 @@ impl ResultSink for Accumulator {
 
     fn line(&mut self, line: &[u8]) {
         self.line_number += 1;
-        if let Err(problem) = self.current.add_line(line)
+        if let Err(problem) = self.current.add_line_after(line, Some(&self.finished))
             && self.first_bad.is_none()
         {
             let file = self.current_file.clone().unwrap_or_default();

@@ -145,6 +145,8 @@ impl Worker {
                 index,
                 &[
                     ("state", "running".to_owned()),
+                    // A deferral's reason no longer applies once a batch runs.
+                    ("reason", String::new()),
                     ("provider_batch_id", batch.id.clone()),
                     ("provider_status", batch.status.clone()),
                 ],

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use reqwest::Method;
 use serde::Deserialize;
 
-use super::http::{Failure, HttpClient, send_json};
+use super::http::{FileBody, HttpClient, send_json};
 use super::{BatchState, PartRequest, Provider, ProviderBatch, ResultSink};
 use crate::config::ProviderConfig;
 use crate::error::{Error, Result};
@@ -130,21 +130,15 @@ impl Provider for AnthropicClient {
 
     /// Sends the part file, which contains the create body `{"requests": [...]}`.
     async fn create_batch(&self, part: &PartRequest<'_>) -> Result<ProviderBatch> {
-        let path = part.file;
-        let context = |error| Error::io(format!("cannot read part file {}", path.display()), error);
-        let length = tokio::fs::metadata(path).await.map_err(context)?.len();
+        let content = FileBody::read(part.file).await?;
         let batch: MessageBatch = self
             .http
             .with_retries("create message batch", || async {
-                let file = tokio::fs::File::open(path)
-                    .await
-                    .map_err(|error| Failure::permanent(format!("cannot open {}: {error}", path.display())))?;
-                let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
                 let request = self
                     .request(Method::POST, "/v1/messages/batches")
                     .header(reqwest::header::CONTENT_TYPE, "application/json")
-                    .header(reqwest::header::CONTENT_LENGTH, length)
-                    .body(body);
+                    .header(reqwest::header::CONTENT_LENGTH, content.length())
+                    .body(content.body().await?);
                 send_json(request).await
             })
             .await

@@ -20,6 +20,60 @@ use crate::error::{Error, Result};
 /// Maximum wait a `Retry-After` header may set before the next attempt.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
 
+/// Largest request body held in memory. A server may answer 429 or 413 before it
+/// reads the body; with a streamed body the client then fails writing it and the
+/// answer (and its `Retry-After`) is lost, so bodies up to this size are sent
+/// from memory.
+const MAX_BUFFERED_BODY: u64 = 64 * 1024 * 1024;
+
+/// A request body read from a file: in memory when small, else streamed.
+pub(crate) enum FileBody {
+    Memory(bytes::Bytes),
+    Stream {
+        path: std::path::PathBuf,
+        length: u64,
+    },
+}
+
+impl FileBody {
+    pub async fn read(path: &std::path::Path) -> Result<FileBody> {
+        let context = |error| Error::io(format!("cannot read part file {}", path.display()), error);
+        let length = tokio::fs::metadata(path).await.map_err(context)?.len();
+        if length <= MAX_BUFFERED_BODY {
+            let bytes = tokio::fs::read(path).await.map_err(context)?;
+            return Ok(FileBody::Memory(bytes.into()));
+        }
+        // NOTE: a 429 or 413 sent before a streamed body is read arrives as a
+        // broken pipe, so such a retry waits the backoff, not the Retry-After.
+        Ok(FileBody::Stream {
+            path: path.to_owned(),
+            length,
+        })
+    }
+
+    pub fn length(&self) -> u64 {
+        match self {
+            FileBody::Memory(bytes) => bytes.len() as u64,
+            FileBody::Stream { length, .. } => *length,
+        }
+    }
+
+    /// Returns a body for one attempt.
+    pub async fn body(&self) -> std::result::Result<reqwest::Body, Failure> {
+        match self {
+            FileBody::Memory(bytes) => Ok(reqwest::Body::from(bytes.clone())),
+            FileBody::Stream { path, .. } => {
+                let file = tokio::fs::File::open(path).await.map_err(|error| {
+                    Failure::permanent(format!("cannot open {}: {error}", path.display()))
+                })?;
+                Ok(reqwest::Body::wrap_stream(
+                    tokio_util::io::ReaderStream::new(file),
+                ))
+            }
+        }
+    }
+}
+
 /// A failed attempt, before it becomes an [`Error::Provider`].
 #[derive(Debug)]
 pub(crate) struct Failure {

@@ -8,10 +8,10 @@ use reqwest::Method;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::http::{Failure, HttpClient, send_json, transport_failure};
+use super::http::{FileBody, HttpClient, send_json, transport_failure};
 use super::{BatchState, PartRequest, Provider, ProviderBatch, ResultSink, unix_time};
 use crate::config::ProviderConfig;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Pages of the newest batches searched for one created before a crash.
 const RECOVERY_LIST_PAGES: usize = 5;
@@ -130,18 +130,13 @@ impl OpenAiClient {
     }
 
     async fn upload_file(&self, path: &std::path::Path) -> Result<String> {
-        let context = |error| Error::io(format!("cannot read part file {}", path.display()), error);
-        let length = tokio::fs::metadata(path).await.map_err(context)?.len();
+        let content = FileBody::read(path).await?;
         let file: FileObject = self
             .http
             .with_retries("upload file", || async {
-                let file = tokio::fs::File::open(path).await.map_err(|error| {
-                    Failure::permanent(format!("cannot open {}: {error}", path.display()))
-                })?;
-                let stream = tokio_util::io::ReaderStream::new(file);
                 let part = reqwest::multipart::Part::stream_with_length(
-                    reqwest::Body::wrap_stream(stream),
-                    length,
+                    content.body().await?,
+                    content.length(),
                 )
                 .file_name("batch-input.jsonl")
                 .mime_str("application/jsonl")

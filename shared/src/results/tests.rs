@@ -125,15 +125,17 @@ fn malformed_and_truncated_lines_are_errors() {
 }
 
 #[test]
-fn merge_counts_duplicates_across_files() {
+fn id_in_both_files_is_billed_once() {
     let mut output = ResultTotals::new(ResultFormat::OpenAi);
-    output
-        .add_line(br#"{"custom_id":"a","response":{"status_code":200,"body":{}},"error":null}"#)
-        .unwrap();
+    let ok = br#"{"custom_id":"a","response":{"status_code":200,"body":{"usage":{"prompt_tokens":10}}},"error":null}"#;
+    output.add_line(ok).unwrap();
     let mut errors = ResultTotals::new(ResultFormat::OpenAi);
-    errors
-        .add_line(br#"{"custom_id":"a","response":{"status_code":500,"body":{}},"error":null}"#)
-        .unwrap();
+    let failed = br#"{"custom_id":"a","response":{"status_code":500,"body":{}},"error":null}"#;
+    errors.add_line_after(failed, Some(&output)).unwrap();
     output.merge(errors);
     assert_eq!(output.duplicate_lines, 1);
+    assert_eq!(output.requests.total, 1);
+    assert_eq!(output.requests.succeeded, 1);
+    assert_eq!(output.requests.failed, 0);
+    assert_eq!(output.tokens_succeeded.input, 10);
 }
