@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+mod budget;
 mod cancel;
 mod ledger;
 mod status;
@@ -45,6 +46,9 @@ enum Command {
     Cancel(cancel::CancelArguments),
     /// Wait until jobs reach a final state, then print each outcome.
     Wait(status::WaitArguments),
+    /// Show team budgets or set a month's limit.
+    #[command(subcommand)]
+    Budget(budget::BudgetCommand),
     /// Replay the ledger and print a month's records and per-team totals.
     Ledger(ledger::LedgerArguments),
 }
@@ -99,5 +103,6 @@ async fn run(arguments: Arguments) -> Result<ExitCode, Failure> {
         Command::Cancel(cancel) => cancel::run(&config, cancel).await,
         Command::Wait(wait) => status::wait(&config, wait).await,
         Command::Ledger(ledger) => ledger::run(&config, ledger).await,
+        Command::Budget(budget) => budget::run(&config, budget).await,
     }
 }

@@ -4,11 +4,10 @@ use batchgate_shared::broker::ready_routing_key;
 use batchgate_shared::input::{hex, validate_input};
 use batchgate_shared::journal;
 use batchgate_shared::manifest::check_job_id;
-use batchgate_shared::message::{JOB_SCHEMA_VERSION, JobEvent, JobMessage, event, month_of};
+use batchgate_shared::message::{JOB_SCHEMA_VERSION, JobEvent, JobMessage, event};
 use batchgate_shared::money::Micros;
 use batchgate_shared::store::{Claim, Reservation};
 use batchgate_shared::{Error, Result};
-use chrono::Utc;
 use lapin::BasicProperties;
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
@@ -81,7 +80,7 @@ impl Scheduler {
             .await?
         {
             Claim::New => {
-                let month = month_of(Utc::now());
+                let month = self.config.periods().containing((self.clock)()).month;
                 self.store
                     .set_job_fields(
                         &job_id,
@@ -182,7 +181,7 @@ impl Scheduler {
         let month = stored
             .get("month")
             .cloned()
-            .unwrap_or_else(|| month_of(Utc::now()));
+            .unwrap_or_else(|| self.config.periods().containing((self.clock)()).month);
         let limit = self
             .config
             .team_budget(&manifest.owner_team)

@@ -27,6 +27,8 @@ pub use admit::Admission;
 
 /// Shared state of one scheduler process.
 pub struct Scheduler {
+    /// Source of the current time; tests replace it to cross a month boundary.
+    pub clock: fn() -> chrono::DateTime<chrono::Utc>,
     pub config: Arc<Config>,
     pub prices: Arc<PriceTable>,
     pub broker: Broker,
@@ -43,6 +45,7 @@ impl Scheduler {
             .declare_topology(&[config.worker.poll_interval_secs])
             .await?;
         Ok(Scheduler {
+            clock: chrono::Utc::now,
             config: Arc::new(config),
             prices: Arc::new(prices),
             broker,

@@ -29,6 +29,9 @@ pub struct Config {
     pub price_table: PathBuf,
     #[serde(default)]
     pub accrual: Accrual,
+    /// IANA time zone whose calendar months are the budget months.
+    #[serde(default = "default_time_zone")]
+    pub budget_time_zone: String,
     #[serde(default)]
     pub workload_classes: Vec<String>,
     pub teams: BTreeMap<String, TeamConfig>,
@@ -230,6 +233,10 @@ impl Default for SchedulerConfig {
     }
 }
 
+fn default_time_zone() -> String {
+    "UTC".to_owned()
+}
+
 fn default_prefix() -> String {
     "batchgate".to_owned()
 }
@@ -331,12 +338,20 @@ impl Config {
                 Error::Config(format!("teams.{name}.monthly_budget_usd: {error}"))
             })?;
         }
+        crate::period::Periods::new(&self.budget_time_zone)
+            .map_err(|error| Error::Config(format!("budget_time_zone: {error}")))?;
         if self.worker.poll_interval_secs == 0 {
             return Err(Error::Config(
                 "worker.poll_interval_secs must be at least 1".into(),
             ));
         }
         Ok(())
+    }
+
+    /// Returns the budget months of the configured time zone (UTC if it is invalid,
+    /// which [`Config::check`] reports).
+    pub fn periods(&self) -> crate::period::Periods {
+        crate::period::Periods::new(&self.budget_time_zone).unwrap_or_default()
     }
 
     /// Returns the team's monthly budget limit.

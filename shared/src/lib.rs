@@ -19,6 +19,7 @@ pub mod journal;
 pub mod manifest;
 pub mod message;
 pub mod money;
+pub mod period;
 pub mod pricing;
 pub mod provider;
 pub mod replay;

@@ -266,6 +266,63 @@ impl Store {
         }))
     }
 
+    /// Creates a month's counters with `default_limit` unless they exist.
+    pub async fn init_budget(&self, team: &str, month: &str, default_limit: Micros) -> Result<()> {
+        let keys = self.budget_keys(team, month);
+        let _: bool = self
+            .connection
+            .clone()
+            .hset_nx(&keys[0], "limit", default_limit.0)
+            .await?;
+        Ok(())
+    }
+
+    /// Sets a team's limit for a month and returns the previous one, if any.
+    /// Reservations already made stay; later ones check the new limit.
+    pub async fn set_limit(
+        &self,
+        team: &str,
+        month: &str,
+        limit: Micros,
+    ) -> Result<Option<Micros>> {
+        let keys = self.budget_keys(team, month);
+        let mut connection = self.connection.clone();
+        let (previous, _): (Option<i64>, ()) = redis::pipe()
+            .atomic()
+            .hget(&keys[0], "limit")
+            .hset(&keys[0], "limit", limit.0)
+            .query_async(&mut connection)
+            .await?;
+        Ok(previous.map(Micros))
+    }
+
+    fn budget_history_key(&self, team: &str, month: &str) -> String {
+        format!("{}:budget-history:{{{team}}}:{month}", self.prefix)
+    }
+
+    /// Appends a budget event (JSON) to the team's history for the month.
+    pub async fn append_budget_history(
+        &self,
+        team: &str,
+        month: &str,
+        event_json: &str,
+    ) -> Result<()> {
+        let _: () = self
+            .connection
+            .clone()
+            .rpush(self.budget_history_key(team, month), event_json)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn budget_history(&self, team: &str, month: &str) -> Result<Vec<String>> {
+        Ok(self
+            .connection
+            .clone()
+            .lrange(self.budget_history_key(team, month), 0, -1)
+            .await?)
+    }
+
     /// Returns the reserved amount per job id for a team and month.
     pub async fn reservations(&self, team: &str, month: &str) -> Result<HashMap<String, i64>> {
         let keys = self.budget_keys(team, month);

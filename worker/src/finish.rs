@@ -285,7 +285,12 @@ impl Worker {
             .unwrap_or_else(|| month_of(job.submitted_at));
         let accrual_period = match accrual {
             Accrual::Submission => submission_month,
-            Accrual::Completion => month_of(batch.ended_at.unwrap_or_else(Utc::now)),
+            Accrual::Completion => {
+                self.config
+                    .periods()
+                    .containing(batch.ended_at.unwrap_or_else(Utc::now))
+                    .month
+            }
         };
         Ok(LedgerRecord {
             schema_version: LEDGER_SCHEMA_VERSION,
