@@ -199,7 +199,10 @@ impl Scheduler {
             .reserve(&manifest.owner_team, &month, &job_id, estimate, limit)
             .await?
         {
-            Reservation::Reserved(_) | Reservation::AlreadyReserved(_) => {}
+            Reservation::Reserved(_) | Reservation::AlreadyReserved(_) => {
+                self.publish_threshold_alerts(&manifest.owner_team, &month)
+                    .await?;
+            }
             Reservation::OverBudget(counters) => {
                 let reason = format!(
                     "over budget: estimated cost {estimate} USD exceeds the {} USD left of team {}'s {month} budget \
@@ -263,6 +266,46 @@ impl Scheduler {
             "Job accepted"
         );
         Ok(Admission::Accepted { job_id, estimate })
+    }
+
+    /// Publishes one `budget.threshold` event per alert threshold that the team's
+    /// reserved plus spent reached this month, once per team, month and threshold.
+    async fn publish_threshold_alerts(&self, team: &str, month: &str) -> Result<()> {
+        let thresholds = self.config.alert_per_mille();
+        let claimed = self
+            .store
+            .claim_threshold_alerts(team, month, &thresholds)
+            .await?;
+        if claimed.is_empty() {
+            return Ok(());
+        }
+        let counters = self.store.budget(team, month).await?.unwrap_or_default();
+        for per_mille in claimed {
+            let event = serde_json::json!({
+                "schema_version": 1,
+                "event": "budget.threshold",
+                "team": team,
+                "month": month,
+                "threshold": format!("{}.{:03}", per_mille / 1000, per_mille % 1000),
+                "limit_micros": counters.limit,
+                "reserved_micros": counters.reserved,
+                "spent_micros": counters.spent,
+                "at": chrono::Utc::now(),
+            });
+            let body = serde_json::to_vec(&event).unwrap_or_default();
+            let exchange = self.broker.names.events_exchange();
+            let properties = BasicProperties::default();
+            let published = self
+                .broker
+                .publish_bytes(&exchange, "budget.threshold", &body, properties)
+                .await;
+            self.store
+                .finish_threshold_alert(team, month, per_mille, published.is_ok())
+                .await?;
+            published?;
+            tracing::info!(team, month, per_mille, "Budget threshold reached");
+        }
+        Ok(())
     }
 
     async fn reject(

@@ -29,6 +29,9 @@ pub struct Config {
     pub price_table: PathBuf,
     #[serde(default)]
     pub accrual: Accrual,
+    /// Fractions of a team's limit whose crossing publishes one `budget.threshold` event.
+    #[serde(default = "default_alert_fractions")]
+    pub budget_alert_fractions: Vec<rust_decimal::Decimal>,
     /// IANA time zone whose calendar months are the budget months.
     #[serde(default = "default_time_zone")]
     pub budget_time_zone: String,
@@ -233,6 +236,13 @@ impl Default for SchedulerConfig {
     }
 }
 
+fn default_alert_fractions() -> Vec<rust_decimal::Decimal> {
+    ["0.5", "0.8", "1.0"]
+        .iter()
+        .map(|fraction| fraction.parse().expect("a valid decimal"))
+        .collect()
+}
+
 fn default_time_zone() -> String {
     "UTC".to_owned()
 }
@@ -338,6 +348,18 @@ impl Config {
                 Error::Config(format!("teams.{name}.monthly_budget_usd: {error}"))
             })?;
         }
+        for fraction in &self.budget_alert_fractions {
+            let valid =
+                *fraction > rust_decimal::Decimal::ZERO && *fraction <= rust_decimal::Decimal::ONE;
+            if !valid
+                || (fraction * rust_decimal::Decimal::from(1000)).fract()
+                    != rust_decimal::Decimal::ZERO
+            {
+                return Err(Error::Config(format!(
+                    "budget_alert_fractions: {fraction} must be above 0, at most 1 and a multiple of 0.001"
+                )));
+            }
+        }
         crate::period::Periods::new(&self.budget_time_zone)
             .map_err(|error| Error::Config(format!("budget_time_zone: {error}")))?;
         if self.worker.poll_interval_secs == 0 {
@@ -352,6 +374,15 @@ impl Config {
     /// which [`Config::check`] reports).
     pub fn periods(&self) -> crate::period::Periods {
         crate::period::Periods::new(&self.budget_time_zone).unwrap_or_default()
+    }
+
+    /// Returns the alert thresholds in per mille of the limit.
+    pub fn alert_per_mille(&self) -> Vec<u32> {
+        use rust_decimal::prelude::ToPrimitive;
+        self.budget_alert_fractions
+            .iter()
+            .filter_map(|fraction| (fraction * rust_decimal::Decimal::from(1000)).to_u32())
+            .collect()
     }
 
     /// Returns the team's monthly budget limit.

@@ -38,6 +38,41 @@ redis.call('HSET', KEYS[2], ARGV[1], amount)
 return {1, tonumber(limit), reserved + amount, spent}
 "#;
 
+/// Marks each alert threshold (ARGV, in per-mille of the limit) that reserved
+/// plus spent has reached as `pending`, once per team and month, and returns
+/// the ones this call marked.
+const MARK_THRESHOLDS_SCRIPT: &str = r#"
+local limit = tonumber(redis.call('HGET', KEYS[1], 'limit') or '0')
+local used = tonumber(redis.call('HGET', KEYS[1], 'reserved') or '0')
+  + tonumber(redis.call('HGET', KEYS[1], 'spent') or '0')
+local marked = {}
+if limit <= 0 then
+  return marked
+end
+for _, per_mille in ipairs(ARGV) do
+  if used * 1000 >= limit * tonumber(per_mille) then
+    if redis.call('HSETNX', KEYS[2], per_mille, 'pending') == 1 then
+      table.insert(marked, per_mille)
+    end
+  end
+end
+return marked
+"#;
+
+/// Moves every `pending` threshold to `claimed` and returns them, so that one
+/// caller publishes each.
+const CLAIM_THRESHOLDS_SCRIPT: &str = r#"
+local fields = redis.call('HGETALL', KEYS[1])
+local claimed = {}
+for index = 1, #fields, 2 do
+  if fields[index + 1] == 'pending' then
+    redis.call('HSET', KEYS[1], fields[index], 'claimed')
+    table.insert(claimed, fields[index])
+  end
+end
+return claimed
+"#;
+
 const SETTLE_SCRIPT: &str = r#"
 if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then
   return 0
@@ -141,6 +176,8 @@ pub struct Store {
     settle: redis::Script,
     claim: redis::Script,
     claim_creation: redis::Script,
+    mark_thresholds: redis::Script,
+    claim_thresholds: redis::Script,
 }
 
 impl Store {
@@ -169,6 +206,8 @@ impl Store {
             settle: redis::Script::new(SETTLE_SCRIPT),
             claim: redis::Script::new(CLAIM_JOB_SCRIPT),
             claim_creation: redis::Script::new(CLAIM_CREATION_SCRIPT),
+            mark_thresholds: redis::Script::new(MARK_THRESHOLDS_SCRIPT),
+            claim_thresholds: redis::Script::new(CLAIM_THRESHOLDS_SCRIPT),
         })
     }
 
@@ -264,6 +303,57 @@ impl Store {
             reserved: Micros(fields.get("reserved").copied().unwrap_or(0)),
             spent: Micros(fields.get("spent").copied().unwrap_or(0)),
         }))
+    }
+
+    fn alerts_key(&self, team: &str, month: &str) -> String {
+        format!("{}:budget-alerts:{{{team}}}:{month}", self.prefix)
+    }
+
+    /// Marks the alert thresholds (per mille of the limit) that the month's
+    /// reserved plus spent reached, then claims every pending one for the caller
+    /// to publish. Each threshold is claimed once per team and month, however
+    /// many schedulers race.
+    pub async fn claim_threshold_alerts(
+        &self,
+        team: &str,
+        month: &str,
+        per_mille: &[u32],
+    ) -> Result<Vec<u32>> {
+        let keys = self.budget_keys(team, month);
+        let alerts = self.alerts_key(team, month);
+        let mut mark = self.mark_thresholds.key(&keys[0]);
+        mark.key(&alerts);
+        for threshold in per_mille {
+            mark.arg(threshold);
+        }
+        let _: Vec<String> = mark.invoke_async(&mut self.connection.clone()).await?;
+        let claimed: Vec<String> = self
+            .claim_thresholds
+            .key(&alerts)
+            .invoke_async(&mut self.connection.clone())
+            .await?;
+        Ok(claimed
+            .iter()
+            .filter_map(|threshold| threshold.parse().ok())
+            .collect())
+    }
+
+    /// Records a claimed threshold as published, or puts it back as pending
+    /// when its event could not be published.
+    pub async fn finish_threshold_alert(
+        &self,
+        team: &str,
+        month: &str,
+        per_mille: u32,
+        published: bool,
+    ) -> Result<()> {
+        let state = if published { "published" } else { "pending" };
+        let _: () = self
+            .connection
+            .clone()
+            .hset(self.alerts_key(team, month), per_mille, state)
+            .await?;
+        Ok(())
     }
 
     /// Creates a month's counters with `default_limit` unless they exist.

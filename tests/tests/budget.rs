@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use batchgate_shared::money::Micros;
+use batchgate_shared::replay::read_stream;
 use batchgate_shared::store::Reservation;
 use batchgate_tests::batchgate_simulator::SimulatorConfig;
 use batchgate_tests::{TestEnv, chat_manifest, sample_head};
@@ -169,5 +170,24 @@ async fn concurrent_submissions_admit_only_what_fits() {
     assert_eq!(accepted, 10);
     assert_eq!(counters.reserved, Micros(estimate.0 * 10));
     assert!(counters.reserved + counters.spent <= counters.limit);
+
+    // Ten of 10.5 estimates reserved crosses 50 % and 80 % once each, never 100 %.
+    let events = read_stream(
+        &env.broker,
+        &env.broker.names.events_stream(),
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap();
+    let thresholds: Vec<String> = events
+        .iter()
+        .filter_map(|body| serde_json::from_slice::<serde_json::Value>(body).ok())
+        .filter(|event| event["event"] == "budget.threshold" && event["team"] == "data-eng")
+        .map(|event| event["threshold"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    let count = |threshold: &str| thresholds.iter().filter(|seen| *seen == threshold).count();
+    assert_eq!(count("0.500"), 1, "{thresholds:?}");
+    assert_eq!(count("0.800"), 1, "{thresholds:?}");
+    assert_eq!(count("1.000"), 0, "{thresholds:?}");
     env.cleanup().await;
 }
