@@ -43,6 +43,18 @@ pub enum BudgetCommand {
         #[arg(long, env = "USER", default_value = "unknown")]
         by: String,
     },
+    /// Rebuild a month's counters in Redis from the event and ledger streams.
+    Rebuild {
+        /// Budget month `YYYY-MM` in the budget time zone.
+        #[arg(long)]
+        month: String,
+        /// Print the rebuilt counters without writing them.
+        #[arg(long)]
+        dry_run: bool,
+        /// Milliseconds without a new message after which a stream replay ends.
+        #[arg(long, default_value_t = 2000)]
+        idle_ms: u64,
+    },
 }
 
 /// One team's budget for one month.
@@ -83,6 +95,11 @@ pub async fn run(config: &Config, command: BudgetCommand) -> Result<ExitCode, Fa
             limit,
             by,
         } => set(config, &team, &month, &limit, &by).await,
+        BudgetCommand::Rebuild {
+            month,
+            dry_run,
+            idle_ms,
+        } => rebuild(config, &month, dry_run, idle_ms).await,
     }
 }
 
@@ -242,5 +259,62 @@ async fn set(
             "warning: reservations and spending already exceed the new limit; new jobs will be rejected"
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn rebuild(
+    config: &Config,
+    month: &str,
+    dry_run: bool,
+    idle_ms: u64,
+) -> Result<ExitCode, Failure> {
+    let period = period(config, Some(month))?;
+    let store = Store::connect(&config.redis).await?;
+    let broker = Broker::connect(&config.broker, "batchgate-budget-rebuild").await?;
+    broker
+        .declare_topology(&[config.worker.poll_interval_secs])
+        .await?;
+    let idle = std::time::Duration::from_millis(idle_ms);
+    let rebuilt =
+        batchgate_shared::rebuild::rebuild_month(config, &broker, &period.month, idle).await?;
+    broker.close().await;
+
+    let mut out = format!(
+        "budget rebuild {}{}\n{:<12} {:>14} {:>14} {:>14} {:>14} {:>14}\n",
+        period.month,
+        if dry_run {
+            " (dry run, nothing written)"
+        } else {
+            ""
+        },
+        "team",
+        "limit USD",
+        "reserved USD",
+        "spent USD",
+        "was reserved",
+        "was spent"
+    );
+    for budget in &rebuilt {
+        let before = store.budget(&budget.team, &period.month).await?;
+        let was = |amount: fn(&batchgate_shared::store::BudgetCounters) -> Micros| {
+            before
+                .as_ref()
+                .map(|counters| amount(counters).to_string())
+                .unwrap_or_else(|| "-".into())
+        };
+        out.push_str(&format!(
+            "{:<12} {:>14} {:>14} {:>14} {:>14} {:>14}\n",
+            budget.team,
+            budget.counters.limit,
+            budget.counters.reserved,
+            budget.counters.spent,
+            was(|counters| counters.reserved),
+            was(|counters| counters.spent)
+        ));
+        if !dry_run {
+            batchgate_shared::rebuild::restore(&store, &period.month, budget).await?;
+        }
+    }
+    print_output(&out);
     Ok(ExitCode::SUCCESS)
 }

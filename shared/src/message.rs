@@ -231,6 +231,10 @@ pub struct LedgerRecord {
     pub accrual_convention: crate::config::Accrual,
     /// Month the record counts towards, `YYYY-MM`.
     pub accrual_period: String,
+    /// Budget month whose reservation this record settles, `YYYY-MM`; it equals
+    /// `accrual_period` under the `submission` convention.
+    #[serde(default)]
+    pub budget_month: String,
 }
 
 /// Formats the calendar month (UTC) of a timestamp as `YYYY-MM`.

@@ -356,6 +356,43 @@ impl Store {
         Ok(())
     }
 
+    /// Replaces a team's counters, reservations, settlements and published alert
+    /// marks for a month with rebuilt ones, in one transaction.
+    pub async fn restore_budget(
+        &self,
+        team: &str,
+        month: &str,
+        budget: &crate::rebuild::RebuiltBudget,
+    ) -> Result<()> {
+        let keys = self.budget_keys(team, month);
+        let alerts = self.alerts_key(team, month);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .del(&keys[0])
+            .del(&keys[1])
+            .del(&keys[2])
+            .del(&alerts);
+        pipe.hset_multiple(
+            &keys[0],
+            &[
+                ("limit", budget.counters.limit.0),
+                ("reserved", budget.counters.reserved.0),
+                ("spent", budget.counters.spent.0),
+            ],
+        );
+        for (job_id, amount) in &budget.reservations {
+            pipe.hset(&keys[1], job_id, amount.0);
+        }
+        for (job_id, amount) in &budget.settlements {
+            pipe.hset(&keys[2], job_id, amount.0);
+        }
+        for per_mille in &budget.alerts_published {
+            pipe.hset(&alerts, per_mille, "published");
+        }
+        let _: () = pipe.query_async(&mut self.connection.clone()).await?;
+        Ok(())
+    }
+
     /// Creates a month's counters with `default_limit` unless they exist.
     pub async fn init_budget(&self, team: &str, month: &str, default_limit: Micros) -> Result<()> {
         let keys = self.budget_keys(team, month);

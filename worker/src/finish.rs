@@ -283,6 +283,7 @@ impl Worker {
             .get("month")
             .cloned()
             .unwrap_or_else(|| month_of(job.submitted_at));
+        let budget_month = submission_month.clone();
         let accrual_period = match accrual {
             Accrual::Submission => submission_month,
             Accrual::Completion => {
@@ -320,6 +321,7 @@ impl Worker {
             recorded_at: Utc::now(),
             accrual_convention: accrual,
             accrual_period,
+            budget_month,
         })
     }
 }
