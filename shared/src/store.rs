@@ -78,7 +78,10 @@ if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then
   return 0
 end
 local amount = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
-redis.call('HINCRBY', KEYS[1], 'reserved', -amount)
+-- Lua formats the negation of 0 as "-0", which HINCRBY rejects.
+if amount ~= 0 then
+  redis.call('HINCRBY', KEYS[1], 'reserved', -amount)
+end
 redis.call('HINCRBY', KEYS[1], 'spent', ARGV[2])
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
