@@ -43,6 +43,12 @@ pub enum BudgetCommand {
         #[arg(long, env = "USER", default_value = "unknown")]
         by: String,
     },
+    /// Release reservations whose job is gone (the scheduler also does this periodically).
+    Reap {
+        /// Minimum age of a reservation in seconds; default from `scheduler.reservation_max_age_secs`.
+        #[arg(long)]
+        max_age_secs: Option<u64>,
+    },
     /// Rebuild a month's counters in Redis from the event and ledger streams.
     Rebuild {
         /// Budget month `YYYY-MM` in the budget time zone.
@@ -95,6 +101,7 @@ pub async fn run(config: &Config, command: BudgetCommand) -> Result<ExitCode, Fa
             limit,
             by,
         } => set(config, &team, &month, &limit, &by).await,
+        BudgetCommand::Reap { max_age_secs } => reap(config, max_age_secs).await,
         BudgetCommand::Rebuild {
             month,
             dry_run,
@@ -314,6 +321,35 @@ async fn rebuild(
         if !dry_run {
             batchgate_shared::rebuild::restore(&store, &period.month, budget).await?;
         }
+    }
+    print_output(&out);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn reap(config: &Config, max_age_secs: Option<u64>) -> Result<ExitCode, Failure> {
+    let max_age = max_age_secs.unwrap_or(config.scheduler.reservation_max_age_secs) as i64;
+    let store = Store::connect(&config.redis).await?;
+    let broker = Broker::connect(&config.broker, "batchgate-budget-reap").await?;
+    broker
+        .declare_topology(&[config.worker.poll_interval_secs])
+        .await?;
+    let reaped =
+        batchgate_shared::reaper::reap(config, &store, &broker, Utc::now(), max_age).await?;
+    broker.close().await;
+    let mut out = format!(
+        "released {} reservations older than {max_age} s\n",
+        reaped.len()
+    );
+    for released in &reaped {
+        out.push_str(&format!(
+            "{} {} {}: {} USD reserved, {} USD spent ({})\n",
+            released.team,
+            released.month,
+            released.job_id,
+            released.amount_micros,
+            released.spent_micros,
+            released.reason
+        ));
     }
     print_output(&out);
     Ok(ExitCode::SUCCESS)

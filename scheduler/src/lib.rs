@@ -53,6 +53,24 @@ impl Scheduler {
         })
     }
 
+    /// Releases reservations whose job is gone; failures are logged and retried
+    /// at the next interval.
+    async fn run_reaper(&self) {
+        let max_age = self.config.scheduler.reservation_max_age_secs as i64;
+        let now = (self.clock)();
+        match batchgate_shared::reaper::reap(&self.config, &self.store, &self.broker, now, max_age)
+            .await
+        {
+            Ok(reaped) if !reaped.is_empty() => {
+                tracing::info!(released = reaped.len(), "Reaper released reservations")
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(error = %error, "Reservation reaper failed; it runs again at the next interval")
+            }
+        }
+    }
+
     /// Consumes submitted jobs until `shutdown` resolves.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<()> {
         let channel = self.broker.channel().await?;
@@ -70,9 +88,16 @@ impl Scheduler {
             .await?;
         tracing::info!(queue, "Scheduler consuming submitted jobs");
         tokio::pin!(shutdown);
+        let reaper_every = self.config.scheduler.reaper_interval_secs;
+        let mut reaper = tokio::time::interval(std::time::Duration::from_secs(reaper_every.max(1)));
+        reaper.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let delivery = tokio::select! {
                 _ = &mut shutdown => break,
+                _ = reaper.tick(), if reaper_every > 0 => {
+                    self.run_reaper().await;
+                    continue;
+                }
                 next = consumer.next() => next,
             };
             let delivery = match delivery {

@@ -226,14 +226,30 @@ impl Default for WorkerConfig {
 pub struct SchedulerConfig {
     #[serde(default = "default_prefetch")]
     pub prefetch: u16,
+    /// Seconds between two runs of the reservation reaper; 0 turns it off.
+    #[serde(default = "default_reaper_interval")]
+    pub reaper_interval_secs: u64,
+    /// Age a reservation must reach before the reaper looks at its job.
+    #[serde(default = "default_reservation_max_age")]
+    pub reservation_max_age_secs: u64,
 }
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
         SchedulerConfig {
             prefetch: default_prefetch(),
+            reaper_interval_secs: default_reaper_interval(),
+            reservation_max_age_secs: default_reservation_max_age(),
         }
     }
+}
+
+fn default_reaper_interval() -> u64 {
+    300
+}
+
+fn default_reservation_max_age() -> u64 {
+    3600
 }
 
 fn default_alert_fractions() -> Vec<rust_decimal::Decimal> {

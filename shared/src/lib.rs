@@ -22,6 +22,7 @@ pub mod money;
 pub mod period;
 pub mod pricing;
 pub mod provider;
+pub mod reaper;
 pub mod rebuild;
 pub mod replay;
 pub mod results;

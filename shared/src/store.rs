@@ -35,6 +35,7 @@ if reserved + spent + amount > tonumber(limit) then
 end
 redis.call('HINCRBY', KEYS[1], 'reserved', amount)
 redis.call('HSET', KEYS[2], ARGV[1], amount)
+redis.call('HSET', KEYS[4], ARGV[1], redis.call('TIME')[1])
 return {1, tonumber(limit), reserved + amount, spent}
 "#;
 
@@ -84,6 +85,7 @@ if amount ~= 0 then
 end
 redis.call('HINCRBY', KEYS[1], 'spent', ARGV[2])
 redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
 return 1
 "#;
@@ -214,12 +216,13 @@ impl Store {
         })
     }
 
-    fn budget_keys(&self, team: &str, month: &str) -> [String; 3] {
+    fn budget_keys(&self, team: &str, month: &str) -> [String; 4] {
         let prefix = &self.prefix;
         [
             format!("{prefix}:budget:{{{team}}}:{month}"),
             format!("{prefix}:reservations:{{{team}}}:{month}"),
             format!("{prefix}:settlements:{{{team}}}:{month}"),
+            format!("{prefix}:reservation-times:{{{team}}}:{month}"),
         ]
     }
 
@@ -251,6 +254,7 @@ impl Store {
             .key(&keys[0])
             .key(&keys[1])
             .key(&keys[2])
+            .key(&keys[3])
             .arg(job_id)
             .arg(amount.0)
             .arg(default_limit.0)
@@ -283,6 +287,7 @@ impl Store {
             .key(&keys[0])
             .key(&keys[1])
             .key(&keys[2])
+            .key(&keys[3])
             .arg(job_id)
             .arg(actual.0)
             .invoke_async(&mut self.connection.clone())
@@ -374,6 +379,7 @@ impl Store {
             .del(&keys[0])
             .del(&keys[1])
             .del(&keys[2])
+            .del(&keys[3])
             .del(&alerts);
         pipe.hset_multiple(
             &keys[0],
@@ -383,8 +389,10 @@ impl Store {
                 ("spent", budget.counters.spent.0),
             ],
         );
+        let now = chrono::Utc::now().timestamp();
         for (job_id, amount) in &budget.reservations {
             pipe.hset(&keys[1], job_id, amount.0);
+            pipe.hset(&keys[3], job_id, now);
         }
         for (job_id, amount) in &budget.settlements {
             pipe.hset(&keys[2], job_id, amount.0);
@@ -394,6 +402,32 @@ impl Store {
         }
         let _: () = pipe.query_async(&mut self.connection.clone()).await?;
         Ok(())
+    }
+
+    /// Returns reservations made at least `min_age_secs` ago, as
+    /// (job id, amount, Unix time reserved); one without a recorded time counts
+    /// as made at time 0.
+    pub async fn old_reservations(
+        &self,
+        team: &str,
+        month: &str,
+        min_age_secs: i64,
+    ) -> Result<Vec<(String, Micros, i64)>> {
+        let keys = self.budget_keys(team, month);
+        let mut connection = self.connection.clone();
+        let amounts: HashMap<String, i64> = connection.hgetall(&keys[1]).await?;
+        let times: HashMap<String, i64> = connection.hgetall(&keys[3]).await?;
+        let now = chrono::Utc::now().timestamp();
+        let mut old: Vec<(String, Micros, i64)> = amounts
+            .into_iter()
+            .map(|(job_id, amount)| {
+                let at = times.get(&job_id).copied().unwrap_or(0);
+                (job_id, Micros(amount), at)
+            })
+            .filter(|(_, _, at)| now - at >= min_age_secs)
+            .collect();
+        old.sort();
+        Ok(old)
     }
 
     /// Creates a month's counters with `default_limit` unless they exist.
