@@ -41,8 +41,12 @@ pub async fn run(config: &Config, arguments: SubmitArguments) -> Result<ExitCode
     broker
         .declare_topology(&[config.worker.poll_interval_secs])
         .await?;
-    let properties =
+    let mut properties =
         BasicProperties::default().with_message_id(job.manifest.job_id.as_str().into());
+    // The broker accepts a user_id only if it names the connection's own user.
+    if let Some(user) = Broker::user_name(&config.broker.url) {
+        properties = properties.with_user_id(user.as_str().into());
+    }
     broker
         .publish_json(
             &broker.names.jobs_exchange(),

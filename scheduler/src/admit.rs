@@ -67,10 +67,46 @@ impl Scheduler {
             team = %job.manifest.owner_team,
             user_id = user_id.unwrap_or(""),
         );
-        self.admit_job(&job, body).instrument(span).await
+        self.admit_job(&job, body, user_id).instrument(span).await
     }
 
-    async fn admit_job(&self, job: &JobMessage, body: &[u8]) -> Result<Admission> {
+    /// Checks that the broker-validated publishing user may submit for the team.
+    fn authorize(&self, team: &str, user_id: Option<&str>) -> std::result::Result<(), String> {
+        let Some(user) = user_id else {
+            if self.config.allow_anonymous_submission {
+                return Ok(());
+            }
+            return Err(
+                "not authorised: the message has no user_id property; publish with user_id set to \
+                        your RabbitMQ user name (the broker checks it)"
+                    .to_owned(),
+            );
+        };
+        let allowed = self
+            .config
+            .teams
+            .get(team)
+            .map(|team| team.amqp_users.as_slice())
+            .unwrap_or_default();
+        if allowed.iter().any(|allowed| allowed == user) {
+            return Ok(());
+        }
+        Err(format!(
+            "not authorised: RabbitMQ user {user:?} may not submit jobs for team {team}; allowed users: {}",
+            if allowed.is_empty() {
+                "none".to_owned()
+            } else {
+                allowed.join(", ")
+            }
+        ))
+    }
+
+    async fn admit_job(
+        &self,
+        job: &JobMessage,
+        body: &[u8],
+        user_id: Option<&str>,
+    ) -> Result<Admission> {
         let manifest = &job.manifest;
         let job_id = manifest.job_id.clone();
         let fingerprint = hex(&Sha256::digest(body));
@@ -122,6 +158,9 @@ impl Scheduler {
             return self
                 .reject(job, error.to_string(), serde_json::Value::Null)
                 .await;
+        }
+        if let Err(reason) = self.authorize(&manifest.owner_team, user_id) {
+            return self.reject(job, reason, serde_json::Value::Null).await;
         }
         let Some(price) = self
             .prices

@@ -154,6 +154,13 @@ impl Broker {
         })
     }
 
+    /// Returns the user name of the broker URL, which the broker requires as the
+    /// `user_id` of every message this connection publishes with one.
+    pub fn user_name(url: &str) -> Option<String> {
+        let uri: lapin::uri::AMQPUri = url.parse().ok()?;
+        Some(uri.authority.userinfo.username)
+    }
+
     /// Opens a channel for consuming.
     pub async fn channel(&self) -> Result<Channel> {
         with_timeout("opening a channel", self.connection.create_channel()).await

@@ -32,6 +32,9 @@ pub struct Config {
     /// Fractions of a team's limit whose crossing publishes one `budget.threshold` event.
     #[serde(default = "default_alert_fractions")]
     pub budget_alert_fractions: Vec<rust_decimal::Decimal>,
+    /// Accept job messages without a `user_id` property, for local development only.
+    #[serde(default)]
+    pub allow_anonymous_submission: bool,
     /// IANA time zone whose calendar months are the budget months.
     #[serde(default = "default_time_zone")]
     pub budget_time_zone: String,
@@ -94,6 +97,10 @@ pub struct TeamConfig {
     pub cost_center: String,
     /// Monthly budget in USD, as a decimal string such as "500.00".
     pub monthly_budget_usd: String,
+    /// RabbitMQ users that may submit jobs for this team. The broker checks a
+    /// message's `user_id` against the user that published it.
+    #[serde(default)]
+    pub amqp_users: Vec<String>,
 }
 
 /// Settings of each provider, with defaults filled in per provider.

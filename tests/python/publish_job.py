@@ -202,6 +202,9 @@ def publish(
             content_type="application/json",
             delivery_mode=pika.DeliveryMode.Persistent,
             message_id=job_id,
+            # The scheduler authorises by this property, and the broker rejects
+            # a user_id other than the user of this connection.
+            user_id=parameters.credentials.username,
         )
         channel.basic_publish(exchange, ROUTING_KEY, body, properties, mandatory=True)
     finally:

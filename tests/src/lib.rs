@@ -119,7 +119,8 @@ impl TestEnv {
         );
         for (team, cost_center, budget) in teams {
             text.push_str(&format!(
-                "[teams.{team}]\ncost_center = {cost_center:?}\nmonthly_budget_usd = {budget:?}\n\n"
+                "[teams.{team}]\ncost_center = {cost_center:?}\nmonthly_budget_usd = {budget:?}\n\
+                 amqp_users = [\"guest\"]\n\n"
             ));
         }
         let config_path = dir.path().join("batchgate.toml");
@@ -242,7 +243,7 @@ impl TestEnv {
                 &self.broker.names.jobs_exchange(),
                 "job.submitted",
                 job,
-                BasicProperties::default(),
+                BasicProperties::default().with_user_id("guest".into()),
             )
             .await
             .expect("publish job");

@@ -50,10 +50,13 @@ async fn jobs_count_to_local_month() {
         let body =
             serde_json::to_vec(&env.job(chat_manifest(&job_id, "data-eng", "CC-1001"), &input))
                 .unwrap();
-        let admission = tokio::time::timeout(Duration::from_secs(30), scheduler.admit(&body, None))
-            .await
-            .unwrap()
-            .unwrap();
+        let admission = tokio::time::timeout(
+            Duration::from_secs(30),
+            scheduler.admit(&body, Some("guest")),
+        )
+        .await
+        .unwrap()
+        .unwrap();
         assert!(
             matches!(admission, Admission::Accepted { .. }),
             "{admission:?}"
