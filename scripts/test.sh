@@ -22,4 +22,4 @@ export BATCHGATE_TEST_BROKER_URL="amqp://guest:guest@127.0.0.1:5672/$vhost"
 
 # Crash points let tests abort the worker at exact steps; release builds leave them out.
 cargo build --workspace --bins --features batchgate-worker/crash-points
-cargo test --workspace -- --test-threads "${BATCHGATE_TEST_THREADS:-4}"
+cargo test --workspace --no-fail-fast -- --test-threads "${BATCHGATE_TEST_THREADS:-4}"

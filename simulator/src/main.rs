@@ -326,6 +326,11 @@ async fn main() -> ExitCode {
         }
     };
 
+    // Listen for SIGTERM before announcing the port, so that a caller that stops
+    // the simulator right after reading the line is never met by the default action.
+    #[cfg(unix)]
+    let terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+
     // Scripts parse this line to learn the port, so it is the only write to stdout.
     let mut stdout = std::io::stdout();
     let announced = writeln!(
@@ -338,25 +343,26 @@ async fn main() -> ExitCode {
         tracing::error!(%error, "failed to write the listening line to stdout");
     }
 
+    #[cfg(unix)]
+    wait_for_stop_signal(terminate).await;
+    #[cfg(not(unix))]
     wait_for_stop_signal().await;
     tracing::info!("stop signal received, shutting down");
     simulator.shutdown().await;
     ExitCode::SUCCESS
 }
 
-/// Waits for Ctrl-C or, on Unix, SIGTERM.
-async fn wait_for_stop_signal() {
+/// Waits for Ctrl-C or SIGTERM, whose listener was set up by the caller.
+#[cfg(unix)]
+async fn wait_for_stop_signal(terminate: std::io::Result<tokio::signal::unix::Signal>) {
     let ctrl_c = async {
         if let Err(error) = tokio::signal::ctrl_c().await {
             tracing::error!(%error, "failed to listen for Ctrl-C");
             std::future::pending::<()>().await;
         }
     };
-
-    #[cfg(unix)]
     let terminate = async {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
+        match terminate {
             Ok(mut stream) => {
                 stream.recv().await;
             }
@@ -366,11 +372,17 @@ async fn wait_for_stop_signal() {
             }
         }
     };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-
     tokio::select! {
         () = ctrl_c => {}
         () = terminate => {}
+    }
+}
+
+/// Waits for Ctrl-C.
+#[cfg(not(unix))]
+async fn wait_for_stop_signal() {
+    if let Err(error) = tokio::signal::ctrl_c().await {
+        tracing::error!(%error, "failed to listen for Ctrl-C");
+        std::future::pending::<()>().await;
     }
 }
