@@ -82,7 +82,8 @@ pub struct TestEnv {
     pub broker: Broker,
     pub store: Store,
     pub dir: tempfile::TempDir,
-    stops: Vec<oneshot::Sender<()>>,
+    /// In-process services: the sender stops one, the handle ends when it stopped.
+    stops: Vec<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
 }
 
 impl TestEnv {
@@ -159,7 +160,7 @@ impl TestEnv {
             .await
             .expect("scheduler connects");
         let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(async move {
+        let handle = tokio::spawn(async move {
             if let Err(error) = scheduler
                 .run(async move {
                     let _ = stopped.await;
@@ -170,14 +171,14 @@ impl TestEnv {
             }
             scheduler.broker.close().await;
         });
-        self.stops.push(stop);
+        self.stops.push((stop, handle));
     }
 
     /// Runs a worker in this process until cleanup.
     pub async fn start_worker(&mut self) {
         let worker = worker_with_key(self.config.clone()).await;
         let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(async move {
+        let handle = tokio::spawn(async move {
             if let Err(error) = worker
                 .run(async move {
                     let _ = stopped.await;
@@ -188,7 +189,7 @@ impl TestEnv {
             }
             worker.broker.close().await;
         });
-        self.stops.push(stop);
+        self.stops.push((stop, handle));
     }
 
     /// Starts `batchgate-worker` as a separate process with this test's configuration.
@@ -275,10 +276,11 @@ impl TestEnv {
 
     /// Stops in-process services, deletes this test's queues, exchanges and keys.
     pub async fn cleanup(mut self) {
-        for stop in self.stops.drain(..) {
+        // Wait until each service stopped, so none writes keys after they are deleted.
+        for (stop, handle) in self.stops.drain(..) {
             let _ = stop.send(());
+            let _ = tokio::time::timeout(Duration::from_secs(15), handle).await;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
         let names = &self.broker.names;
         let channel = self.broker.channel().await.expect("channel for cleanup");
         let queues = [

@@ -37,8 +37,11 @@ async fn crash_after_create(manifest: fn(&str) -> Manifest, sample: &str, lines:
         }
         if std::time::Instant::now() > deadline {
             crashing.kill().ok();
+            let job = env.store.job(&job_id).await.unwrap();
+            let part = env.store.part(&job_id, 0).await.unwrap();
             panic!(
-                "the worker did not abort at the crash point; was it built with --features batchgate-worker/crash-points?"
+                "the worker did not abort at the crash point (was it built with --features \
+                 batchgate-worker/crash-points?); job {job:?}, part {part:?}"
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
