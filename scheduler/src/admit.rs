@@ -275,9 +275,9 @@ impl Scheduler {
                 ],
             )
             .await?;
-        // Accepted before the ready message goes out, so a worker never sees it
-        // earlier; a redelivery in state `accepted` publishes it again, and the
-        // worker's creation claim makes a second ready message harmless.
+        // Marked accepted before the ready message goes out, so no worker reads an
+        // earlier state. A redelivery in state `accepted` publishes it again, and
+        // the worker's creation claim makes a second ready message harmless.
         self.store
             .set_job_fields(&job_id, &[("state", "accepted".to_owned())])
             .await?;

@@ -14,7 +14,7 @@ pub enum Error {
     )]
     BrokerUnavailable { url: String, reason: String },
 
-    /// The broker answered but refused the user, password or vhost.
+    /// The broker is reachable but rejected the user, password or vhost.
     #[error(
         "RabbitMQ at {url} refused the connection: {reason}. Check the user, password and vhost \
          in the URL (create a vhost with `rabbitmqctl add_vhost NAME` and grant it with \

@@ -174,7 +174,7 @@ pub struct RequestCounts {
     pub total: u64,
     pub succeeded: u64,
     pub failed: u64,
-    /// Failed requests whose error says a retry may succeed (429, 5xx, overloaded).
+    /// Failed requests whose error marks a retry as possibly successful (429, 5xx, overloaded).
     #[serde(default)]
     pub failed_retryable: u64,
     pub expired: u64,
@@ -211,7 +211,7 @@ pub struct LedgerRecord {
     /// Zero-based index of the job part this batch ran, and the job's part count.
     pub part_index: u32,
     pub parts_total: u32,
-    /// How the batch ended: `completed`, `expired` or `cancelled`.
+    /// Provider status the batch ended in: `completed`, `expired` or `cancelled`.
     pub provider_status: String,
     pub requests: RequestCounts,
     /// Result lines that repeated a `custom_id` already counted, billed once.

@@ -4,7 +4,7 @@
 //! for example when Redis kept the reservation but lost or never wrote the job
 //! record, or when a job ended without settling after a crash. The reaper
 //! looks at reservations older than a minimum age in the current and previous
-//! budget month and releases those whose job record is missing or ended; a
+//! budget month and releases those whose job record is missing or ended. A
 //! completed job is settled with its billed cost instead. Each release is a
 //! `budget.reservation_released` event.
 
@@ -25,7 +25,7 @@ pub struct ReapedReservation {
     pub month: String,
     pub job_id: String,
     pub amount_micros: Micros,
-    /// What was spent instead: zero for a release, the billed cost for a settlement.
+    /// Amount spent in place of the reservation: zero for a release, the billed cost for a settlement.
     pub spent_micros: Micros,
     pub reason: String,
 }

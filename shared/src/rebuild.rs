@@ -99,8 +99,8 @@ pub async fn rebuild_month(
             &record.budget_month
         };
         if budget_month == month {
-            *billed.entry(record.job_id.clone()).or_default() =
-                billed.get(&record.job_id).copied().unwrap_or_default() + record.billed_cost_micros;
+            let total = billed.entry(record.job_id.clone()).or_default();
+            *total = *total + record.billed_cost_micros;
         }
     }
 

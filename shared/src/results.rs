@@ -65,7 +65,7 @@ struct AnthropicResult {
     error: Value,
 }
 
-/// How one request ended.
+/// Outcome of one request.
 enum Outcome {
     Succeeded(TokenCounts),
     Failed {
@@ -83,7 +83,7 @@ pub struct ResultTotals {
     pub requests: RequestCounts,
     /// Usage of succeeded requests.
     pub tokens_succeeded: TokenCounts,
-    /// Usage reported on failed requests, billed only where the price table says so.
+    /// Usage reported on failed requests, billed only where the price table lists `failed`.
     pub tokens_failed: TokenCounts,
     /// Lines whose `custom_id` had already been counted.
     pub duplicate_lines: u64,

@@ -20,9 +20,9 @@ use crate::error::{Error, Result};
 /// Maximum wait a `Retry-After` header may set before the next attempt.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
 
-/// Largest request body held in memory. A server may answer 429 or 413 before it
-/// reads the body; with a streamed body the client then fails writing it and the
-/// answer (and its `Retry-After`) is lost, so bodies up to this size are sent
+/// Largest request body held in memory. A server may reply 429 or 413 before it
+/// reads the body. With a streamed body the client then fails writing it and the
+/// reply (with its `Retry-After`) is lost, so bodies up to this size are sent
 /// from memory.
 const MAX_BUFFERED_BODY: u64 = 64 * 1024 * 1024;
 

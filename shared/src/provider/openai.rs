@@ -221,7 +221,7 @@ impl Provider for OpenAiClient {
         part: &PartRequest<'_>,
         _intent_at: DateTime<Utc>,
     ) -> Result<Vec<ProviderBatch>> {
-        let wanted = metadata(part);
+        let expected = metadata(part);
         let mut found = Vec::new();
         let mut after: Option<String> = None;
         for _ in 0..RECOVERY_LIST_PAGES {
@@ -229,7 +229,7 @@ impl Provider for OpenAiClient {
             for batch in page.data {
                 let tags = batch.metadata.as_ref();
                 let tag = |key: &str| tags.and_then(|tags| tags.get(key));
-                if tag("job_id") == wanted.get("job_id") && tag("part") == wanted.get("part") {
+                if tag("job_id") == expected.get("job_id") && tag("part") == expected.get("part") {
                     found.push(batch.normalise());
                 }
             }
