@@ -6,7 +6,7 @@ use batchgate_shared::broker::Broker;
 use batchgate_shared::config::Config;
 use batchgate_shared::journal;
 use batchgate_shared::message::{JobEvent, event};
-use batchgate_shared::store::Store;
+use batchgate_shared::store::{Store, Transition};
 
 use crate::Failure;
 use crate::status::FINAL_STATES;
@@ -36,17 +36,37 @@ pub async fn run(config: &Config, arguments: CancelArguments) -> Result<ExitCode
             arguments.job_id
         )));
     }
+    let broker = Broker::connect(&config.broker, "batchgate-cancel").await?;
+    broker
+        .declare_topology(&[config.worker.poll_interval_secs])
+        .await?;
+    let team = job.get("team").cloned().unwrap_or_default();
+    // A held job has no reservation and no provider batch: it ends at once.
+    if state == "held"
+        && store
+            .transition(&arguments.job_id, "held", "cancelled", None)
+            .await?
+            == Transition::Moved
+    {
+        let reason = format!("cancelled by {} while held for review", arguments.by);
+        store
+            .set_job_fields(&arguments.job_id, &[("reason", reason.clone())])
+            .await?;
+        let cancelled = JobEvent::new(event::CANCELLED, &arguments.job_id, &team, reason);
+        journal::record(&broker, &store, &cancelled).await?;
+        broker.close().await;
+        println!(
+            "{} cancelled; it was held for review, so nothing was reserved or sent",
+            arguments.job_id
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     store
         .set_job_fields(
             &arguments.job_id,
             &[("cancel_requested", arguments.by.clone())],
         )
         .await?;
-    let broker = Broker::connect(&config.broker, "batchgate-cancel").await?;
-    broker
-        .declare_topology(&[config.worker.poll_interval_secs])
-        .await?;
-    let team = job.get("team").cloned().unwrap_or_default();
     let message = format!("cancellation requested by {}", arguments.by);
     let requested = JobEvent::new(event::CANCEL_REQUESTED, &arguments.job_id, &team, message);
     journal::record(&broker, &store, &requested).await?;

@@ -8,6 +8,7 @@
 mod budget;
 mod cancel;
 mod ledger;
+mod review;
 mod status;
 mod submit;
 
@@ -51,6 +52,9 @@ enum Command {
     Budget(budget::BudgetCommand),
     /// Replay the ledger and print a month's records and per-team totals.
     Ledger(ledger::LedgerArguments),
+    /// List jobs held for review, approve or reject them.
+    #[command(subcommand)]
+    Review(review::ReviewCommand),
 }
 
 /// A failure that the command reports and maps to an exit code.
@@ -104,5 +108,6 @@ async fn run(arguments: Arguments) -> Result<ExitCode, Failure> {
         Command::Wait(wait) => status::wait(&config, wait).await,
         Command::Ledger(ledger) => ledger::run(&config, ledger).await,
         Command::Budget(budget) => budget::run(&config, budget).await,
+        Command::Review(review) => review::run(&config, review).await,
     }
 }

@@ -123,6 +123,19 @@ fn print_status(
     if let Some(reason) = job.get("reason") {
         let _ = writeln!(out, "reason          {reason}");
     }
+    if job.get("state").is_some_and(|state| state == "held") {
+        let reasons: Vec<String> = job
+            .get("hold_reasons")
+            .and_then(|json| serde_json::from_str(json).ok())
+            .unwrap_or_default();
+        for reason in reasons {
+            let _ = writeln!(out, "held            {reason}");
+        }
+        let _ = writeln!(
+            out,
+            "next step       a reviewer runs `batchgate review approve` or `reject`"
+        );
+    }
     if !parts.is_empty() {
         let _ = writeln!(out, "parts");
         for (index, part) in parts.iter().enumerate() {
@@ -162,6 +175,7 @@ pub async fn wait(config: &Config, arguments: WaitArguments) -> Result<ExitCode,
     let deadline = started + Duration::from_secs(arguments.timeout_secs);
     let mut pending: Vec<String> = arguments.job_ids.clone();
     let mut output = String::new();
+    let mut announced_holds: Vec<String> = Vec::new();
     while !pending.is_empty() {
         let mut still_pending = Vec::new();
         for job_id in pending {
@@ -172,6 +186,10 @@ pub async fn wait(config: &Config, arguments: WaitArguments) -> Result<ExitCode,
                     "job {job_id} not found after {} s: was it submitted with this configuration's prefixes?",
                     UNKNOWN_JOB_GRACE.as_secs()
                 )));
+            }
+            if state == "held" && !announced_holds.contains(&job_id) {
+                eprintln!("{job_id} is held for review; waiting for a reviewer's decision");
+                announced_holds.push(job_id.clone());
             }
             if FINAL_STATES.contains(&state) {
                 let history = store.history(&job_id).await?;

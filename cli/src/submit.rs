@@ -9,6 +9,7 @@ use batchgate_shared::input::validate_input;
 use batchgate_shared::manifest::Manifest;
 use batchgate_shared::message::{InputRef, JOB_SCHEMA_VERSION, JobMessage};
 use batchgate_shared::pricing::PriceTable;
+use batchgate_shared::review::hold_reasons;
 use batchgate_shared::store::Store;
 use chrono::Utc;
 use lapin::BasicProperties;
@@ -71,11 +72,9 @@ fn prepare(config: &Config, arguments: &SubmitArguments) -> Result<JobMessage, F
     let prices = PriceTable::load(&config.price_table)
         .map_err(|error| Failure::Invalid(error.to_string()))?;
     manifest
-        .validate(config, &prices)
+        .validate(config)
         .map_err(|error| Failure::Invalid(format!("invalid manifest {manifest_path}: {error}")))?;
-    let price = prices
-        .latest(&manifest.provider, &manifest.model)
-        .ok_or_else(|| Failure::Invalid(format!("model {} has no price", manifest.model)))?;
+    let price = prices.latest(&manifest.provider, &manifest.model);
 
     let input = std::fs::canonicalize(&arguments.input).map_err(|error| {
         Failure::Invalid(format!(
@@ -88,17 +87,38 @@ fn prepare(config: &Config, arguments: &SubmitArguments) -> Result<JobMessage, F
     })?;
     let summary = validate_input(&input, &manifest, price, limits)
         .map_err(|error| Failure::Invalid(error.to_string()))?;
-    let estimate = price.estimate(summary.input_tokens, summary.max_output_tokens)?;
+    let estimate = match price {
+        Some(price) => Some(price.estimate(summary.input_tokens, summary.max_output_tokens)?),
+        None => None,
+    };
     eprintln!(
-        "validated {}: {} requests in {} provider batches, {} bytes, {} prompt tokens; estimated batch cost at most {} {}",
+        "validated {}: {} requests in {} provider batches, {} bytes, {} prompt tokens; estimated batch cost {}",
         input.display(),
         summary.requests,
         summary.parts.len(),
         summary.bytes,
         summary.input_tokens,
-        estimate,
-        price.currency
+        match estimate {
+            Some(estimate) => format!("at most {estimate} USD"),
+            None => "unknown".to_owned(),
+        }
     );
+    let reasons = hold_reasons(
+        config.review_threshold(&manifest.owner_team),
+        &manifest.owner_team,
+        &manifest.model,
+        estimate,
+        summary.requests,
+    );
+    if !reasons.is_empty() {
+        manifest.check_review_fields(&reasons).map_err(|error| {
+            Failure::Invalid(format!("invalid manifest {manifest_path}: {error}"))
+        })?;
+        eprintln!(
+            "the job will be held for review ({}); nothing is reserved until `batchgate review approve` runs",
+            reasons.join("; ")
+        );
+    }
     let uri = InputRef::file_uri(&input)
         .ok_or_else(|| Failure::Invalid(format!("input path {} is not UTF-8", input.display())))?;
     Ok(JobMessage {

@@ -1,11 +1,14 @@
 //! Admission of one submitted job message.
 
 use batchgate_shared::broker::ready_routing_key;
+use batchgate_shared::input::InputSummary;
 use batchgate_shared::input::{hex, validate_input};
 use batchgate_shared::journal;
 use batchgate_shared::manifest::check_job_id;
 use batchgate_shared::message::{JOB_SCHEMA_VERSION, JobEvent, JobMessage, event};
 use batchgate_shared::money::Micros;
+use batchgate_shared::pricing::{PriceEntry, PriceTable};
+use batchgate_shared::review::hold_reasons;
 use batchgate_shared::store::{Claim, Reservation};
 use batchgate_shared::{Error, Result};
 use lapin::BasicProperties;
@@ -37,6 +40,17 @@ pub enum Admission {
     AlreadyAdmitted {
         job_id: String,
     },
+    /// Held for review: nothing is reserved until a reviewer approves the job.
+    Held {
+        job_id: String,
+        reasons: Vec<String>,
+    },
+}
+
+/// A validated input with its cost estimate; `None` when the model has no price.
+pub(crate) struct Evaluation {
+    pub summary: InputSummary,
+    pub estimate: Option<Micros>,
 }
 
 impl Scheduler {
@@ -154,7 +168,7 @@ impl Scheduler {
             }
         }
 
-        if let Err(error) = manifest.validate(&self.config, &self.prices) {
+        if let Err(error) = manifest.validate(&self.config) {
             return self
                 .reject(job, error.to_string(), serde_json::Value::Null)
                 .await;
@@ -162,59 +176,150 @@ impl Scheduler {
         if let Err(reason) = self.authorize(&manifest.owner_team, user_id) {
             return self.reject(job, reason, serde_json::Value::Null).await;
         }
-        let Some(price) = self
-            .prices
-            .latest(&manifest.provider, &manifest.model)
-            .cloned()
-        else {
-            return self
-                .reject(
-                    job,
-                    format!("model {} has no price", manifest.model),
-                    serde_json::Value::Null,
-                )
-                .await;
-        };
-        let path = match job.input.local_path() {
-            Ok(path) => path,
+        let evaluation = match self.evaluate(job).await? {
+            Ok(evaluation) => evaluation,
             Err(reason) => return self.reject(job, reason, serde_json::Value::Null).await,
         };
+        let reasons = hold_reasons(
+            self.config.review_threshold(&manifest.owner_team),
+            &manifest.owner_team,
+            &manifest.model,
+            evaluation.estimate,
+            evaluation.summary.requests,
+        );
+        if !reasons.is_empty() {
+            if let Err(error) = manifest.check_review_fields(&reasons) {
+                return self
+                    .reject(job, error.to_string(), serde_json::Value::Null)
+                    .await;
+            }
+            return self.hold(job, &evaluation, reasons).await;
+        }
+        self.reserve_and_forward(job, body, &evaluation).await
+    }
+
+    /// Returns the price entry of a model, reading the price table file again
+    /// when the loaded table lacks it, so that a price added for a held job is
+    /// used without a restart.
+    pub(crate) fn price_for(&self, provider: &str, model: &str) -> Option<PriceEntry> {
+        if let Some(price) = self.prices.latest(provider, model) {
+            return Some(price.clone());
+        }
+        match PriceTable::load(&self.config.price_table) {
+            Ok(table) => table.latest(provider, model).cloned(),
+            Err(error) => {
+                tracing::warn!(error = %error, path = %self.config.price_table.display(), "Failed to read the price table again");
+                None
+            }
+        }
+    }
+
+    /// Validates the input file and estimates the job's cost. The inner `Err`
+    /// is a rejection reason; the outer one a failure to retry.
+    pub(crate) async fn evaluate(
+        &self,
+        job: &JobMessage,
+    ) -> Result<std::result::Result<Evaluation, String>> {
+        let manifest = &job.manifest;
+        let price = self.price_for(&manifest.provider, &manifest.model);
+        let path = match job.input.local_path() {
+            Ok(path) => path,
+            Err(reason) => return Ok(Err(reason)),
+        };
         let Some(limits) = self.config.providers.get(&manifest.provider).cloned() else {
-            let reason = format!("provider {} is not configured", manifest.provider);
-            return self.reject(job, reason, serde_json::Value::Null).await;
+            return Ok(Err(format!(
+                "provider {} is not configured",
+                manifest.provider
+            )));
         };
         let checked_manifest = manifest.clone();
         let checked_price = price.clone();
         let summary = tokio::task::spawn_blocking(move || {
-            validate_input(&path, &checked_manifest, &checked_price, &limits)
+            validate_input(&path, &checked_manifest, checked_price.as_ref(), &limits)
         })
         .await
         .map_err(|error| Error::Invalid(format!("input validation task failed: {error}")))?;
         let summary = match summary {
             Ok(summary) => summary,
-            Err(error) => {
-                return self
-                    .reject(job, error.to_string(), serde_json::Value::Null)
-                    .await;
-            }
+            Err(error) => return Ok(Err(error.to_string())),
         };
         if let Some(expected) = &job.input.sha256
             && !expected.eq_ignore_ascii_case(&summary.sha256)
         {
-            let reason = format!(
+            return Ok(Err(format!(
                 "input file {} changed after submission: sha256 {} differs from the submitted {expected}",
                 job.input.uri, summary.sha256
+            )));
+        }
+        let estimate = match &price {
+            Some(price) => match price.estimate(summary.input_tokens, summary.max_output_tokens) {
+                Ok(estimate) => Some(estimate),
+                Err(error) => return Ok(Err(error.to_string())),
+            },
+            None => None,
+        };
+        Ok(Ok(Evaluation { summary, estimate }))
+    }
+
+    /// Holds a job for review: nothing is reserved until a reviewer approves it.
+    async fn hold(
+        &self,
+        job: &JobMessage,
+        evaluation: &Evaluation,
+        reasons: Vec<String>,
+    ) -> Result<Admission> {
+        let manifest = &job.manifest;
+        let job_id = manifest.job_id.clone();
+        let summary = &evaluation.summary;
+
+        let mut fields = vec![
+            ("requests", summary.requests.to_string()),
+            ("input_bytes", summary.bytes.to_string()),
+            ("input_tokens", summary.input_tokens.to_string()),
+            ("hold_reasons", serde_json::json!(reasons).to_string()),
+        ];
+        if let Some(estimate) = evaluation.estimate {
+            fields.push(("estimate_micros", estimate.0.to_string()));
+        }
+        self.store.set_job_fields(&job_id, &fields).await?;
+        let message = format!("held for review: {}", reasons.join("; "));
+        let mut held = JobEvent::new(event::HELD, &job_id, &manifest.owner_team, message);
+        held.detail = serde_json::json!({
+            "reasons": reasons,
+            "estimate_micros": evaluation.estimate,
+            "requests": summary.requests,
+            "input_tokens": summary.input_tokens,
+            "justification": manifest.justification,
+            "expected_output": manifest.expected_output,
+        });
+        journal::record(&self.broker, &self.store, &held).await?;
+
+        // The event goes first. A crash before this step redelivers the message
+        // in state `received`, and that delivery puts the job on hold again.
+        self.store
+            .transition(&job_id, "received", "held", None)
+            .await?;
+        tracing::info!(reasons = ?reasons, "Job held for review");
+        Ok(Admission::Held { job_id, reasons })
+    }
+
+    /// Reserves the estimate against the team's budget and forwards the job to
+    /// the workers, or rejects it when the budget does not allow it.
+    pub(crate) async fn reserve_and_forward(
+        &self,
+        job: &JobMessage,
+        body: &[u8],
+        evaluation: &Evaluation,
+    ) -> Result<Admission> {
+        let manifest = &job.manifest;
+        let job_id = manifest.job_id.clone();
+        let summary = &evaluation.summary;
+        let Some(estimate) = evaluation.estimate else {
+            let reason = format!(
+                "model {} has no price, so nothing can be reserved for the job",
+                manifest.model
             );
             return self.reject(job, reason, serde_json::Value::Null).await;
-        }
-
-        let estimate = match price.estimate(summary.input_tokens, summary.max_output_tokens) {
-            Ok(estimate) => estimate,
-            Err(error) => {
-                return self
-                    .reject(job, error.to_string(), serde_json::Value::Null)
-                    .await;
-            }
         };
         let stored = self.store.job(&job_id).await?;
         let month = stored
@@ -347,7 +452,7 @@ impl Scheduler {
         Ok(())
     }
 
-    async fn reject(
+    pub(crate) async fn reject(
         &self,
         job: &JobMessage,
         reason: String,

@@ -6,10 +6,15 @@
 //! the provider's ready queue. Messages are acknowledged only after every step
 //! is durable, and each step is idempotent, so a redelivered message finishes
 //! the admission without reserving twice.
+//!
+//! A job above its team's review threshold, or whose model has no price, is
+//! held without a reservation. The scheduler also consumes review decisions:
+//! an approved job is then reserved and forwarded like any other.
 
 #![forbid(unsafe_code)]
 
 mod admit;
+mod review;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -86,19 +91,33 @@ impl Scheduler {
                 FieldTable::default(),
             )
             .await?;
-        tracing::info!(queue, "Scheduler consuming submitted jobs");
+        let review_queue = self.broker.names.review_queue();
+        let mut decisions = channel
+            .basic_consume(
+                review_queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        tracing::info!(
+            queue,
+            review_queue,
+            "Scheduler consuming submitted jobs and review decisions"
+        );
         tokio::pin!(shutdown);
         let reaper_every = self.config.scheduler.reaper_interval_secs;
         let mut reaper = tokio::time::interval(std::time::Duration::from_secs(reaper_every.max(1)));
         reaper.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let delivery = tokio::select! {
+            let (delivery, is_decision) = tokio::select! {
                 _ = &mut shutdown => break,
                 _ = reaper.tick(), if reaper_every > 0 => {
                     self.run_reaper().await;
                     continue;
                 }
-                next = consumer.next() => next,
+                next = consumer.next() => (next, false),
+                next = decisions.next() => (next, true),
             };
             let delivery = match delivery {
                 Some(Ok(delivery)) => delivery,
@@ -108,30 +127,38 @@ impl Scheduler {
                     continue;
                 }
                 None => {
-                    return Err(Error::Broker(
-                        "the submitted-jobs consumer was cancelled".into(),
-                    ));
+                    return Err(Error::Broker(format!(
+                        "the {} consumer was cancelled",
+                        if is_decision {
+                            "review decision"
+                        } else {
+                            "submitted-jobs"
+                        }
+                    )));
                 }
             };
-            match self
-                .admit(
-                    &delivery.data,
-                    delivery
-                        .properties
-                        .user_id()
-                        .as_ref()
-                        .map(|user| user.as_str()),
-                )
-                .await
-            {
-                Ok(admission) => {
-                    tracing::debug!(?admission, "Admission finished");
+            let user_id = delivery
+                .properties
+                .user_id()
+                .as_ref()
+                .map(|user| user.as_str().to_owned());
+            let handled = if is_decision {
+                self.decide(&delivery.data, user_id.as_deref())
+                    .await
+                    .map(|outcome| tracing::debug!(?outcome, "Review decision applied"))
+            } else {
+                self.admit(&delivery.data, user_id.as_deref())
+                    .await
+                    .map(|admission| tracing::debug!(?admission, "Admission finished"))
+            };
+            match handled {
+                Ok(()) => {
                     delivery.ack(BasicAckOptions::default()).await?;
                 }
                 Err(error) => {
-                    // Broker or Redis failed mid-admission: every step is idempotent, so
+                    // Broker or Redis failed midway: every step is idempotent, so
                     // requeue and let the next delivery finish it.
-                    tracing::warn!(error = %error, "Admission interrupted, requeueing the job message");
+                    tracing::warn!(error = %error, "Message handling interrupted, requeueing it");
                     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                     delivery
                         .nack(BasicNackOptions {

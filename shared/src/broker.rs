@@ -8,6 +8,7 @@
 //! | `P.jobs` | topic exchange | `job.submitted`, `job.ready.<provider>` |
 //! | `P.jobs.submitted` | quorum queue | consumed by schedulers |
 //! | `P.jobs.ready.<provider>` | quorum queue | consumed by workers holding that provider's key |
+//! | `P.review.decisions` | quorum queue | review decisions (`review.decision`), consumed by schedulers |
 //! | `P.events` | topic exchange | job events, routing key = event name |
 //! | `P.events.stream` | stream queue | replayable job history |
 //! | `P.ledger` | topic exchange | ledger records, key `ledger.<provider>.<team>` |
@@ -62,6 +63,9 @@ impl Names {
     }
     pub fn ready_queue(&self, provider: &str) -> String {
         format!("{}.jobs.ready.{provider}", self.prefix)
+    }
+    pub fn review_queue(&self) -> String {
+        format!("{}.review.decisions", self.prefix)
     }
     pub fn events_exchange(&self) -> String {
         format!("{}.events", self.prefix)
@@ -193,6 +197,15 @@ impl Broker {
         let submitted = names.submitted_queue();
         declare_queue(channel, &submitted, quorum_arguments()).await?;
         bind(channel, &submitted, &names.jobs_exchange(), "job.submitted").await?;
+        let review = names.review_queue();
+        declare_queue(channel, &review, quorum_arguments()).await?;
+        bind(
+            channel,
+            &review,
+            &names.jobs_exchange(),
+            crate::review::DECISION_ROUTING_KEY,
+        )
+        .await?;
         for provider in crate::provider::PROVIDERS {
             let ready = names.ready_queue(provider);
             declare_queue(channel, &ready, quorum_arguments()).await?;

@@ -101,6 +101,20 @@ pub struct TeamConfig {
     /// message's `user_id` against the user that published it.
     #[serde(default)]
     pub amqp_users: Vec<String>,
+    /// Jobs whose estimated cost is above this amount (USD, decimal string) are
+    /// held for review instead of being reserved.
+    #[serde(default)]
+    pub review_above_usd: Option<String>,
+    /// Jobs with more requests than this are held for review.
+    #[serde(default)]
+    pub review_above_requests: Option<u64>,
+}
+
+/// A team's review threshold: a job above either bound is held for review.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReviewThreshold {
+    pub cost: Option<Micros>,
+    pub requests: Option<u64>,
 }
 
 /// Settings of each provider, with defaults filled in per provider.
@@ -370,6 +384,11 @@ impl Config {
             team.monthly_budget_usd.parse::<Micros>().map_err(|error| {
                 Error::Config(format!("teams.{name}.monthly_budget_usd: {error}"))
             })?;
+            if let Some(amount) = &team.review_above_usd {
+                amount.parse::<Micros>().map_err(|error| {
+                    Error::Config(format!("teams.{name}.review_above_usd: {error}"))
+                })?;
+            }
         }
         for fraction in &self.budget_alert_fractions {
             let valid =
@@ -411,6 +430,20 @@ impl Config {
     /// Returns the team's monthly budget limit.
     pub fn team_budget(&self, team: &str) -> Option<Micros> {
         self.teams.get(team)?.monthly_budget_usd.parse().ok()
+    }
+
+    /// Returns the team's review threshold; an unknown team has none.
+    pub fn review_threshold(&self, team: &str) -> ReviewThreshold {
+        let Some(team) = self.teams.get(team) else {
+            return ReviewThreshold::default();
+        };
+        ReviewThreshold {
+            cost: team
+                .review_above_usd
+                .as_deref()
+                .and_then(|amount| amount.parse().ok()),
+            requests: team.review_above_requests,
+        }
     }
 
     /// Reports whether `class` is a built-in or configured workload class.

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use crate::config::ProviderConfig;
 use crate::manifest::Manifest;
 use crate::pricing::PriceEntry;
-use crate::tokens::{count_anthropic_prompt_tokens, count_prompt_tokens};
+use crate::tokens::{Encoding, count_anthropic_prompt_tokens, count_prompt_tokens};
 
 /// Line problems reported before the list is cut short.
 const MAX_REPORTED_PROBLEMS: usize = 20;
@@ -79,10 +79,14 @@ pub fn open_input<'h>(
 }
 
 /// Validates an input file against its manifest and returns its summary.
+///
+/// Without a price entry (a model missing from the price table) tokens are
+/// counted with the model's default tokenizer and a request without a max
+/// tokens bound adds no output tokens; such a summary holds no estimate.
 pub fn validate_input(
     path: &Path,
     manifest: &Manifest,
-    price: &PriceEntry,
+    price: Option<&PriceEntry>,
     limits: &ProviderConfig,
 ) -> Result<InputSummary, InputError> {
     let fail = |problem: String| InputError {
@@ -219,7 +223,8 @@ impl PartPlanner {
 
 struct LineChecker<'a> {
     manifest: &'a Manifest,
-    price: &'a PriceEntry,
+    price: Option<&'a PriceEntry>,
+    encoding: Encoding,
     planner: PartPlanner,
     line_number: u64,
     seen: HashMap<String, u64>,
@@ -229,10 +234,14 @@ struct LineChecker<'a> {
 }
 
 impl<'a> LineChecker<'a> {
-    fn new(manifest: &'a Manifest, price: &'a PriceEntry, limits: &ProviderConfig) -> Self {
+    fn new(manifest: &'a Manifest, price: Option<&'a PriceEntry>, limits: &ProviderConfig) -> Self {
         LineChecker {
             manifest,
             price,
+            encoding: price.map_or_else(
+                || Encoding::for_model(&manifest.model),
+                PriceEntry::encoding,
+            ),
             planner: PartPlanner::new(&manifest.provider, limits),
             line_number: 0,
             seen: HashMap::new(),
@@ -348,7 +357,7 @@ impl<'a> LineChecker<'a> {
         self.check_model(body)?;
 
         let endpoint = self.manifest.endpoint.as_str();
-        let input_tokens = count_prompt_tokens(self.price.encoding(), endpoint, body);
+        let input_tokens = count_prompt_tokens(self.encoding, endpoint, body);
         if endpoint == "/v1/embeddings" {
             let inputs = match body.get("input") {
                 Some(Value::Array(items))
@@ -396,7 +405,7 @@ impl<'a> LineChecker<'a> {
             return Err("params.max_tokens is missing; Anthropic requires it".to_owned());
         };
         let bound = self.output_bound(Some(bound))?;
-        let input_tokens = count_anthropic_prompt_tokens(self.price.encoding(), params);
+        let input_tokens = count_anthropic_prompt_tokens(self.encoding, params);
         self.count(input_tokens, bound, 0);
         Ok(0)
     }
@@ -407,7 +416,8 @@ impl<'a> LineChecker<'a> {
                 .as_u64()
                 .filter(|tokens| *tokens > 0)
                 .ok_or_else(|| format!("max tokens must be a positive integer, found {value}")),
-            None => self.price.max_output_tokens.ok_or_else(|| {
+            None if self.price.is_none() => Ok(0),
+            None => self.price.and_then(|price| price.max_output_tokens).ok_or_else(|| {
                 format!(
                     "request sets no max tokens and the price table has no max_output_tokens for {}, \
                      so its output cannot be bounded",

@@ -8,6 +8,7 @@
 //! - [`message`]: job messages, job events and ledger records.
 //! - [`broker`]: exchanges, queues and confirmed publishing on RabbitMQ.
 //! - [`store`]: budgets, reservations and job state in Redis.
+//! - [`review`]: review holds and the decisions that release them.
 //! - [`provider`] and [`results`]: the OpenAI and Anthropic clients behind one
 //!   trait, and result-file accounting.
 
@@ -26,6 +27,7 @@ pub mod reaper;
 pub mod rebuild;
 pub mod replay;
 pub mod results;
+pub mod review;
 pub mod split;
 pub mod store;
 pub mod telemetry;

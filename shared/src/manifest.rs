@@ -3,7 +3,6 @@
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::pricing::PriceTable;
 
 /// Endpoints an OpenAI batch accepts that batchgate can price.
 pub const OPENAI_ENDPOINTS: [&str; 4] = [
@@ -28,6 +27,9 @@ pub fn endpoints_of(provider: &str) -> Option<&'static [&'static str]> {
 /// Maximum `purpose`, so that it fits an OpenAI metadata value (512 characters).
 pub const MAX_PURPOSE_CHARS: usize = 512;
 
+/// Maximum `justification` and `expected_output`, each.
+pub const MAX_REVIEW_TEXT_CHARS: usize = 4000;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
@@ -42,6 +44,12 @@ pub struct Manifest {
     pub model: String,
     #[serde(default = "default_completion_window")]
     pub completion_window: String,
+    /// Reason the job is worth its cost. Required when the job is held for review.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub justification: Option<String>,
+    /// Output the job produces and who uses it. Required when the job is held for review.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_output: Option<String>,
 }
 
 /// Fields every manifest must have.
@@ -124,8 +132,9 @@ impl Manifest {
         }
     }
 
-    /// Checks every tag against the configuration and the price table.
-    pub fn validate(&self, config: &Config, prices: &PriceTable) -> Result<(), ManifestError> {
+    /// Checks every tag against the configuration. A model missing from the
+    /// price table is not an error here: such a job is held for review.
+    pub fn validate(&self, config: &Config) -> Result<(), ManifestError> {
         let required = [
             ("job_id", &self.job_id),
             ("owner_team", &self.owner_team),
@@ -208,14 +217,39 @@ impl Manifest {
                 ),
             ));
         }
-        if prices.latest(&self.provider, &self.model).is_none() {
-            return Err(invalid(
-                "model",
-                format!(
-                    "model {:?} of provider {} is not in the price table, so its cost cannot be estimated",
-                    self.model, self.provider
-                ),
-            ));
+        for (field, value) in [
+            ("justification", &self.justification),
+            ("expected_output", &self.expected_output),
+        ] {
+            if value
+                .as_deref()
+                .is_some_and(|text| text.chars().count() > MAX_REVIEW_TEXT_CHARS)
+            {
+                return Err(invalid(
+                    field,
+                    format!("longer than {MAX_REVIEW_TEXT_CHARS} characters"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that a job held for review has a justification and an expected
+    /// output. `reasons` lists why it is held, for the error message.
+    pub fn check_review_fields(&self, reasons: &[String]) -> Result<(), ManifestError> {
+        for (field, value) in [
+            ("justification", &self.justification),
+            ("expected_output", &self.expected_output),
+        ] {
+            if value.as_deref().is_none_or(|text| text.trim().is_empty()) {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "required because the job needs review ({}); add justification and expected_output to the manifest",
+                        reasons.join("; ")
+                    ),
+                ));
+            }
         }
         Ok(())
     }

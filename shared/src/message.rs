@@ -127,6 +127,9 @@ pub mod event {
     pub const SUBMITTED: &str = "job.submitted";
     pub const ACCEPTED: &str = "job.accepted";
     pub const REJECTED: &str = "job.rejected";
+    pub const HELD: &str = "job.held";
+    pub const REVIEW_APPROVED: &str = "job.review_approved";
+    pub const REVIEW_REJECTED: &str = "job.review_rejected";
     pub const BATCH_CREATED: &str = "job.batch_created";
     pub const BATCH_ENDED: &str = "job.batch_ended";
     pub const PART_DEFERRED: &str = "job.part_deferred";

@@ -128,6 +128,40 @@ end
 return state or ''
 "#;
 
+/// Moves a job from one state to another if it is in the expected state, and
+/// keeps the set of jobs held for review in step. With a decision id, the id
+/// is recorded, and a repeated call with the same id reports `resumed`.
+const TRANSITION_SCRIPT: &str = r#"
+local state = redis.call('HGET', KEYS[1], 'state') or ''
+if state ~= ARGV[1] then
+  if ARGV[3] ~= '' and redis.call('HGET', KEYS[1], 'decision_id') == ARGV[3] then
+    return {'resumed', state}
+  end
+  return {'other', state}
+end
+redis.call('HSET', KEYS[1], 'state', ARGV[2])
+if ARGV[3] ~= '' then
+  redis.call('HSET', KEYS[1], 'decision_id', ARGV[3])
+end
+if ARGV[2] == 'held' then
+  redis.call('ZADD', KEYS[2], redis.call('TIME')[1], ARGV[4])
+else
+  redis.call('ZREM', KEYS[2], ARGV[4])
+end
+return {'moved', state}
+"#;
+
+/// Result of a conditional state change of a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transition {
+    Moved,
+    /// The decision id given was already recorded: an earlier call moved the
+    /// job, which is now in the given state.
+    Resumed(String),
+    /// The job was in another state, given here, and nothing changed.
+    Other(String),
+}
+
 /// Result of a worker's attempt to create a job's provider batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CreationClaim {
@@ -183,6 +217,7 @@ pub struct Store {
     claim_creation: redis::Script,
     mark_thresholds: redis::Script,
     claim_thresholds: redis::Script,
+    transition: redis::Script,
 }
 
 impl Store {
@@ -213,6 +248,7 @@ impl Store {
             claim_creation: redis::Script::new(CLAIM_CREATION_SCRIPT),
             mark_thresholds: redis::Script::new(MARK_THRESHOLDS_SCRIPT),
             claim_thresholds: redis::Script::new(CLAIM_THRESHOLDS_SCRIPT),
+            transition: redis::Script::new(TRANSITION_SCRIPT),
         })
     }
 
@@ -232,6 +268,47 @@ impl Store {
 
     fn history_key(&self, job_id: &str) -> String {
         format!("{}:job:{job_id}:history", self.prefix)
+    }
+
+    fn held_key(&self) -> String {
+        format!("{}:jobs:held", self.prefix)
+    }
+
+    /// Moves a job from state `from` to `to` atomically, recording
+    /// `decision_id` when given. Entering `held` adds the job to the held set,
+    /// and leaving it removes the job.
+    pub async fn transition(
+        &self,
+        job_id: &str,
+        from: &str,
+        to: &str,
+        decision_id: Option<&str>,
+    ) -> Result<Transition> {
+        let reply: Vec<String> = self
+            .transition
+            .key(self.job_key(job_id))
+            .key(self.held_key())
+            .arg(from)
+            .arg(to)
+            .arg(decision_id.unwrap_or_default())
+            .arg(job_id)
+            .invoke_async(&mut self.connection.clone())
+            .await?;
+        let state = reply.get(1).cloned().unwrap_or_default();
+        Ok(match reply.first().map(String::as_str) {
+            Some("moved") => Transition::Moved,
+            Some("resumed") => Transition::Resumed(state),
+            _ => Transition::Other(state),
+        })
+    }
+
+    /// Returns the jobs held for review with the Unix time each was held, oldest first.
+    pub async fn held_jobs(&self) -> Result<Vec<(String, i64)>> {
+        Ok(self
+            .connection
+            .clone()
+            .zrange_withscores(self.held_key(), 0, -1)
+            .await?)
     }
 
     fn inflight_key(&self) -> String {

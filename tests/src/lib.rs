@@ -100,6 +100,25 @@ impl TestEnv {
         teams: &[(&str, &str, &str)],
         provider_settings: &str,
     ) -> TestEnv {
+        TestEnv::build(simulator, teams, provider_settings, "").await
+    }
+
+    /// Like [`TestEnv::new`], with `team_settings` added to every team table
+    /// (for example `review_above_requests = 10`).
+    pub async fn with_team_settings(
+        simulator: SimulatorConfig,
+        teams: &[(&str, &str, &str)],
+        team_settings: &str,
+    ) -> TestEnv {
+        TestEnv::build(simulator, teams, "", team_settings).await
+    }
+
+    async fn build(
+        simulator: SimulatorConfig,
+        teams: &[(&str, &str, &str)],
+        provider_settings: &str,
+        team_settings: &str,
+    ) -> TestEnv {
         let id = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -121,7 +140,7 @@ impl TestEnv {
         for (team, cost_center, budget) in teams {
             text.push_str(&format!(
                 "[teams.{team}]\ncost_center = {cost_center:?}\nmonthly_budget_usd = {budget:?}\n\
-                 amqp_users = [\"guest\"]\n\n"
+                 amqp_users = [\"guest\"]\n{team_settings}\n\n"
             ));
         }
         let config_path = dir.path().join("batchgate.toml");
@@ -148,6 +167,28 @@ impl TestEnv {
             dir,
             stops: Vec::new(),
         }
+    }
+
+    /// Points this test's configuration at its own copy of the price table,
+    /// which the test may then change, and returns the copy's path. Call it
+    /// before starting services.
+    pub fn use_price_table_copy(&mut self) -> PathBuf {
+        let copy = self.dir.path().join("prices.toml");
+        std::fs::copy(&self.config.price_table, &copy).expect("copy price table");
+        let text = std::fs::read_to_string(&self.config_path).expect("read configuration");
+        let original = format!(
+            "price_table = {:?}",
+            self.config.price_table.display().to_string()
+        );
+        let replaced = format!("price_table = {:?}", copy.display().to_string());
+        assert!(
+            text.contains(&original),
+            "configuration names the price table"
+        );
+        std::fs::write(&self.config_path, text.replace(&original, &replaced))
+            .expect("write configuration");
+        self.config.price_table = copy.clone();
+        copy
     }
 
     pub fn simulator(&self) -> &RunningSimulator {
@@ -285,6 +326,7 @@ impl TestEnv {
         let channel = self.broker.channel().await.expect("channel for cleanup");
         let queues = [
             names.submitted_queue(),
+            names.review_queue(),
             names.ready_queue("openai"),
             names.ready_queue("anthropic"),
             names.events_stream(),
@@ -343,6 +385,8 @@ pub fn chat_manifest(job_id: &str, team: &str, cost_center: &str) -> Manifest {
         endpoint: "/v1/chat/completions".to_owned(),
         model: "gpt-6-luna".to_owned(),
         completion_window: "24h".to_owned(),
+        justification: None,
+        expected_output: None,
     }
 }
 

@@ -23,7 +23,13 @@ async fn first_jobs_of_fresh_team_fit_budget() {
     let prices = PriceTable::load(&repo_root().join("config/prices.toml")).unwrap();
     let manifest = chat_manifest("probe", "data-eng", "CC-1001");
     let price = prices.latest("openai", "gpt-6-luna").unwrap();
-    let summary = validate_input(&input, &manifest, price, &probe.config.providers.openai).unwrap();
+    let summary = validate_input(
+        &input,
+        &manifest,
+        Some(price),
+        &probe.config.providers.openai,
+    )
+    .unwrap();
     let estimate = price
         .estimate(summary.input_tokens, summary.max_output_tokens)
         .unwrap();

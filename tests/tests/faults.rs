@@ -54,6 +54,8 @@ fn messages_manifest(job_id: &str) -> Manifest {
         endpoint: "/v1/messages".to_owned(),
         model: "claude-haiku-4-5".to_owned(),
         completion_window: "24h".to_owned(),
+        justification: None,
+        expected_output: None,
     }
 }
 

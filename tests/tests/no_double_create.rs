@@ -105,6 +105,8 @@ async fn anthropic_batch_found_after_crash() {
         endpoint: "/v1/messages".to_owned(),
         model: "claude-haiku-4-5".to_owned(),
         completion_window: "24h".to_owned(),
+        justification: None,
+        expected_output: None,
     };
     crash_after_create(manifest, "docstring-review.anthropic.jsonl", 25).await;
 }

@@ -112,10 +112,10 @@ fn cases() -> Vec<Case> {
             expected: &["endpoint"],
         },
         Case {
-            name: "unpriced model",
+            name: "unpriced model without justification",
             manifest: manifest("gpt-6-luna", "gpt-0"),
-            input: good_input.clone(),
-            expected: &["model", "price table"],
+            input: good_input.replace("gpt-6-luna", "gpt-0"),
+            expected: &["justification", "model gpt-0 is not in the price table"],
         },
         Case {
             name: "unknown manifest key",

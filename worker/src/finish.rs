@@ -254,6 +254,27 @@ impl Worker {
         self.finish_job_if_ended(job).await
     }
 
+    /// Returns the price entry in force at `at`, reading the price table file
+    /// again when the loaded table has none, so that a price added for a job
+    /// approved in review is used without a restart.
+    fn price_at(
+        &self,
+        provider: &str,
+        model: &str,
+        at: chrono::DateTime<Utc>,
+    ) -> Option<batchgate_shared::pricing::PriceEntry> {
+        if let Some(price) = self.prices.lookup(provider, model, at) {
+            return Some(price.clone());
+        }
+        match batchgate_shared::pricing::PriceTable::load(&self.config.price_table) {
+            Ok(table) => table.lookup(provider, model, at).cloned(),
+            Err(error) => {
+                tracing::warn!(error = %error, path = %self.config.price_table.display(), "Failed to read the price table again");
+                None
+            }
+        }
+    }
+
     fn ledger_record(
         &self,
         job: &JobMessage,
@@ -266,8 +287,7 @@ impl Worker {
         let manifest = &job.manifest;
         let created_at = batch.created_at.unwrap_or_else(Utc::now);
         let price = self
-            .prices
-            .lookup(&manifest.provider, &manifest.model, created_at)
+            .price_at(&manifest.provider, &manifest.model, created_at)
             .ok_or_else(|| {
                 Error::Invalid(format!(
                     "the price table has no {} {} entry in force on {}",
@@ -276,6 +296,7 @@ impl Worker {
                     created_at.date_naive()
                 ))
             })?;
+        let price = &price;
         let tokens = totals.billed_tokens(price);
         let cost = price.price(&tokens)?;
         let accrual = self.config.accrual;
