@@ -48,11 +48,42 @@ pub async fn rebuild_month(
 ) -> Result<Vec<RebuiltBudget>> {
     let events = read_stream(broker, &broker.names.events_stream(), idle).await?;
     let (records, _) = ledger_records(broker, idle).await?;
+    let billed: Vec<BilledRecord> = records
+        .iter()
+        .map(|record| BilledRecord {
+            job_id: record.job_id.clone(),
+            budget_month: if record.budget_month.is_empty() {
+                record.accrual_period.clone()
+            } else {
+                record.budget_month.clone()
+            },
+            billed: record.billed_cost_micros,
+        })
+        .collect();
+    Ok(rebuild_from(config, month, &events, &billed))
+}
 
+/// The part of a ledger record that a rebuild reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BilledRecord {
+    pub job_id: String,
+    /// Month whose reservation the record settles.
+    pub budget_month: String,
+    pub billed: Micros,
+}
+
+/// Computes every configured team's counters for `month` from event bodies
+/// (JSON, in stream order) and the month's ledger records, one per record id.
+pub fn rebuild_from(
+    config: &Config,
+    month: &str,
+    events: &[Vec<u8>],
+    records: &[BilledRecord],
+) -> Vec<RebuiltBudget> {
     let mut jobs: HashMap<String, JobTrace> = HashMap::new();
     let mut limits: HashMap<String, Micros> = HashMap::new();
     let mut alerts: HashMap<String, HashSet<u32>> = HashMap::new();
-    for body in &events {
+    for body in events {
         let Ok(value) = serde_json::from_slice::<Value>(body) else {
             continue;
         };
@@ -92,16 +123,9 @@ pub async fn rebuild_month(
     }
 
     let mut billed: HashMap<String, Micros> = HashMap::new();
-    for record in &records {
-        let budget_month = if record.budget_month.is_empty() {
-            &record.accrual_period
-        } else {
-            &record.budget_month
-        };
-        if budget_month == month {
-            let total = billed.entry(record.job_id.clone()).or_default();
-            *total = *total + record.billed_cost_micros;
-        }
+    for record in records.iter().filter(|record| record.budget_month == month) {
+        let total = billed.entry(record.job_id.clone()).or_default();
+        *total = *total + record.billed;
     }
 
     let mut rebuilt = Vec::new();
@@ -141,7 +165,7 @@ pub async fn rebuild_month(
             alerts_published,
         });
     }
-    Ok(rebuilt)
+    rebuilt
 }
 
 /// Writes rebuilt counters over whatever Redis holds for the team and month.

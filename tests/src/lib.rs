@@ -100,7 +100,18 @@ impl TestEnv {
         teams: &[(&str, &str, &str)],
         provider_settings: &str,
     ) -> TestEnv {
-        TestEnv::build(simulator, teams, provider_settings, "").await
+        TestEnv::build(simulator, teams, provider_settings, "", &redis_url()).await
+    }
+
+    /// Like [`TestEnv::with_settings`], against the Redis server at `redis_url`
+    /// (for example one the test starts, stops and restarts itself).
+    pub async fn with_redis(
+        simulator: SimulatorConfig,
+        teams: &[(&str, &str, &str)],
+        provider_settings: &str,
+        redis_url: &str,
+    ) -> TestEnv {
+        TestEnv::build(simulator, teams, provider_settings, "", redis_url).await
     }
 
     /// Like [`TestEnv::new`], with `team_settings` added to every team table
@@ -110,7 +121,7 @@ impl TestEnv {
         teams: &[(&str, &str, &str)],
         team_settings: &str,
     ) -> TestEnv {
-        TestEnv::build(simulator, teams, "", team_settings).await
+        TestEnv::build(simulator, teams, "", team_settings, &redis_url()).await
     }
 
     async fn build(
@@ -118,6 +129,7 @@ impl TestEnv {
         teams: &[(&str, &str, &str)],
         provider_settings: &str,
         team_settings: &str,
+        redis_url: &str,
     ) -> TestEnv {
         let id = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -134,7 +146,7 @@ impl TestEnv {
              [worker]\npoll_interval_secs = 1\nprefetch = 8\ncreation_lease_secs = 5\n\n",
             price = repo_root().join("config/prices.toml").display().to_string(),
             broker = broker_url(),
-            redis = redis_url(),
+            redis = redis_url,
             base = simulator.base_url(),
         );
         for (team, cost_center, budget) in teams {
