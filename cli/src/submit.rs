@@ -88,7 +88,11 @@ fn prepare(config: &Config, arguments: &SubmitArguments) -> Result<JobMessage, F
     let summary = validate_input(&input, &manifest, price, limits)
         .map_err(|error| Failure::Invalid(error.to_string()))?;
     let estimate = match price {
-        Some(price) => Some(price.estimate(summary.input_tokens, summary.max_output_tokens)?),
+        Some(price) => Some(price.estimate_tiers(
+            summary.input_tokens,
+            summary.max_output_tokens,
+            summary.long_context_tokens,
+        )?),
         None => None,
     };
     eprintln!(

@@ -252,7 +252,11 @@ impl Scheduler {
             )));
         }
         let estimate = match &price {
-            Some(price) => match price.estimate(summary.input_tokens, summary.max_output_tokens) {
+            Some(price) => match price.estimate_tiers(
+                summary.input_tokens,
+                summary.max_output_tokens,
+                summary.long_context_tokens,
+            ) {
                 Ok(estimate) => Some(estimate),
                 Err(error) => return Ok(Err(error.to_string())),
             },

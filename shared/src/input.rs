@@ -33,6 +33,9 @@ pub struct InputSummary {
     pub input_tokens: u64,
     /// Sum of each request's output bound (max tokens); zero for embeddings.
     pub max_output_tokens: u64,
+    /// Prompt tokens and output bound of the requests whose prompt is above the
+    /// price entry's long-context threshold; not included in the two sums above.
+    pub long_context_tokens: (u64, u64),
     /// Inputs across all embedding requests (an array input counts each item).
     pub embedding_inputs: u64,
     /// Provider batches the job splits into under the provider's limits.
@@ -253,6 +256,7 @@ impl<'a> LineChecker<'a> {
                 sha256: String::new(),
                 input_tokens: 0,
                 max_output_tokens: 0,
+                long_context_tokens: (0, 0),
                 embedding_inputs: 0,
                 parts: Vec::new(),
             },
@@ -429,8 +433,14 @@ impl<'a> LineChecker<'a> {
 
     fn count(&mut self, input_tokens: u64, max_output_tokens: u64, embedding_inputs: u64) {
         self.summary.requests += 1;
-        self.summary.input_tokens += input_tokens;
-        self.summary.max_output_tokens += max_output_tokens;
+        let threshold = self.price.and_then(PriceEntry::long_context_above);
+        if threshold.is_some_and(|above| input_tokens > above) {
+            self.summary.long_context_tokens.0 += input_tokens;
+            self.summary.long_context_tokens.1 += max_output_tokens;
+        } else {
+            self.summary.input_tokens += input_tokens;
+            self.summary.max_output_tokens += max_output_tokens;
+        }
         self.summary.embedding_inputs += embedding_inputs;
     }
 

@@ -48,6 +48,20 @@ pub struct PriceEntry {
     pub standard: Rates,
     /// Batch rates: what a provider batch is billed.
     pub batch: Rates,
+    /// Higher rates for requests with a long prompt; none when the model has no such tier.
+    #[serde(default)]
+    pub long_context: Option<LongContext>,
+}
+
+/// A long-context tier: a request whose prompt (all input classes together)
+/// is above `above_input_tokens` is priced whole at the multiplied rates.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LongContext {
+    pub above_input_tokens: u64,
+    /// Factor on every input-side rate: input, cached input and cache writes.
+    pub input_multiplier: Decimal,
+    pub output_multiplier: Decimal,
 }
 
 fn one() -> Decimal {
@@ -87,6 +101,16 @@ pub struct TokenCounts {
 }
 
 impl TokenCounts {
+    /// Returns the prompt size: every input-side class together.
+    pub fn prompt(&self) -> u64 {
+        self.input + self.cached_input + self.cache_write + self.cache_write_1h
+    }
+
+    /// Returns every token of every class.
+    pub fn total(&self) -> u64 {
+        self.prompt() + self.output
+    }
+
     pub fn add(&mut self, other: &TokenCounts) {
         self.input += other.input;
         self.cached_input += other.cached_input;
@@ -96,17 +120,44 @@ impl TokenCounts {
     }
 }
 
-/// A priced record: list cost at standard rates, billed cost at batch rates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Billed token counts split by pricing tier.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub base: TokenCounts,
+    /// Tokens of requests above the long-context threshold.
+    pub long_context: TokenCounts,
+}
+
+impl Usage {
+    /// Returns both tiers added together.
+    pub fn total(&self) -> TokenCounts {
+        let mut total = self.base;
+        total.add(&self.long_context);
+        total
+    }
+}
+
+/// A priced record, with its discounts. `list` prices every token at the
+/// standard rate of its class, with cached input at the plain input rate.
+/// `cache_discount` is what the standard cached-input rate saves on that.
+/// `billed` uses the batch rates, and the batch discount is the rest, so
+/// `list - cache_discount - batch_discount == billed` exactly.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Cost {
     pub list: Micros,
+    pub cache_discount: Micros,
     pub billed: Micros,
 }
 
 impl Cost {
-    /// Returns the discount, so that `list - discount == billed` exactly.
+    /// Returns all discounts together: `list - discount == billed`.
     pub fn discount(&self) -> Micros {
         self.list - self.billed
+    }
+
+    /// Returns the batch discount: standard rates (with the cache discount) minus billed.
+    pub fn batch_discount(&self) -> Micros {
+        self.list - self.cache_discount - self.billed
     }
 }
 
@@ -173,29 +224,97 @@ impl PriceEntry {
             .unwrap_or_else(|| Encoding::for_model(&self.model))
     }
 
-    /// Prices token counts at list and batch rates, rounding each once, half away from zero.
+    /// Prices base-tier token counts; see [`PriceEntry::price_usage`].
     pub fn price(&self, tokens: &TokenCounts) -> Result<Cost> {
-        let list = rate_sum(&self.standard, tokens)
+        self.price_usage(&Usage {
+            base: *tokens,
+            ..Usage::default()
+        })
+    }
+
+    /// Prices usage at list, standard and batch rates. Each of the three sums
+    /// is rounded once, half away from zero, and the discounts are their
+    /// differences, so the breakdown adds up to the micro-dollar.
+    pub fn price_usage(&self, usage: &Usage) -> Result<Cost> {
+        let list = self
+            .tier_sum(&self.standard, usage, true)
             .map_err(|class| self.missing_rate("standard", class))?;
-        let billed =
-            rate_sum(&self.batch, tokens).map_err(|class| self.missing_rate("batch", class))?;
+        let standard = self
+            .tier_sum(&self.standard, usage, false)
+            .map_err(|class| self.missing_rate("standard", class))?;
+        let billed = self
+            .tier_sum(&self.batch, usage, false)
+            .map_err(|class| self.missing_rate("batch", class))?;
+        let list = Micros::round_from_micro_decimal(list);
         Ok(Cost {
-            list: Micros::round_from_micro_decimal(list),
+            list,
+            cache_discount: list - Micros::round_from_micro_decimal(standard),
             billed: Micros::round_from_micro_decimal(billed),
         })
     }
 
-    /// Estimates the batch cost of a job from its prompt tokens and output bound,
-    /// rounding up so the reservation never understates it.
+    /// Sums both tiers of usage at `rates`, in micro-USD.
+    fn tier_sum(
+        &self,
+        rates: &Rates,
+        usage: &Usage,
+        cache_at_input_rate: bool,
+    ) -> std::result::Result<Decimal, &'static str> {
+        let base = rate_sum(
+            rates,
+            &usage.base,
+            cache_at_input_rate,
+            (Decimal::ONE, Decimal::ONE),
+        )?;
+        let multipliers = self
+            .long_context
+            .as_ref()
+            .map_or((Decimal::ONE, Decimal::ONE), |tier| {
+                (tier.input_multiplier, tier.output_multiplier)
+            });
+        let long = rate_sum(rates, &usage.long_context, cache_at_input_rate, multipliers)?;
+        Ok(base + long)
+    }
+
+    /// Returns the long-context threshold in prompt tokens, if the model has one.
+    pub fn long_context_above(&self) -> Option<u64> {
+        self.long_context
+            .as_ref()
+            .map(|tier| tier.above_input_tokens)
+    }
+
+    /// Estimates the batch cost of a job from its prompt tokens and output
+    /// bound, rounding up so the reservation never understates it.
     pub fn estimate(&self, input_tokens: u64, max_output_tokens: u64) -> Result<Micros> {
-        let tokens = TokenCounts {
-            output: max_output_tokens,
-            ..TokenCounts::default()
+        self.estimate_tiers(input_tokens, max_output_tokens, (0, 0))
+    }
+
+    /// Estimates as [`PriceEntry::estimate`], with the long-context requests'
+    /// prompt tokens and output bound given apart in `long` and not included
+    /// in the first two arguments.
+    pub fn estimate_tiers(
+        &self,
+        input_tokens: u64,
+        max_output_tokens: u64,
+        long: (u64, u64),
+    ) -> Result<Micros> {
+        let output_rate = match self.batch.output {
+            Some(rate) => rate,
+            None if max_output_tokens == 0 && long.1 == 0 => Decimal::ZERO,
+            None => return Err(self.missing_rate("batch", "output")),
         };
-        let output =
-            rate_sum(&self.batch, &tokens).map_err(|class| self.missing_rate("batch", class))?;
-        let input = Decimal::from(input_tokens) * self.estimate_input_factor * self.batch.input;
-        Ok(Micros::ceil_from_micro_decimal(input + output))
+        let (input_multiplier, output_multiplier) = self
+            .long_context
+            .as_ref()
+            .map_or((Decimal::ONE, Decimal::ONE), |tier| {
+                (tier.input_multiplier, tier.output_multiplier)
+            });
+        let input_rate = self.estimate_input_factor * self.batch.input;
+        let base = Decimal::from(input_tokens) * input_rate
+            + Decimal::from(max_output_tokens) * output_rate;
+        let long = Decimal::from(long.0) * input_rate * input_multiplier
+            + Decimal::from(long.1) * output_rate * output_multiplier;
+        Ok(Micros::ceil_from_micro_decimal(base + long))
     }
 
     /// Reports whether usage of requests with this outcome is billed.
@@ -211,26 +330,49 @@ impl PriceEntry {
     }
 }
 
-/// Sums tokens times rate per class, in micro-USD; returns the class lacking a rate.
-fn rate_sum(rates: &Rates, tokens: &TokenCounts) -> std::result::Result<Decimal, &'static str> {
+/// Sums tokens times rate per class, in micro-USD, with the input-side and
+/// output multipliers applied. With `cache_at_input_rate`, cached input is
+/// priced at the plain input rate. Returns the class lacking a rate.
+fn rate_sum(
+    rates: &Rates,
+    tokens: &TokenCounts,
+    cache_at_input_rate: bool,
+    (input_multiplier, output_multiplier): (Decimal, Decimal),
+) -> std::result::Result<Decimal, &'static str> {
+    let cached_rate = if cache_at_input_rate {
+        Some(rates.input)
+    } else {
+        rates.cached_input
+    };
     let classes = [
-        ("input", tokens.input, Some(rates.input)),
-        ("cached_input", tokens.cached_input, rates.cached_input),
-        ("cache_write", tokens.cache_write, rates.cache_write),
+        ("input", tokens.input, Some(rates.input), input_multiplier),
+        (
+            "cached_input",
+            tokens.cached_input,
+            cached_rate,
+            input_multiplier,
+        ),
+        (
+            "cache_write",
+            tokens.cache_write,
+            rates.cache_write,
+            input_multiplier,
+        ),
         (
             "cache_write_1h",
             tokens.cache_write_1h,
             rates.cache_write_1h,
+            input_multiplier,
         ),
-        ("output", tokens.output, rates.output),
+        ("output", tokens.output, rates.output, output_multiplier),
     ];
     let mut total = Decimal::ZERO;
-    for (class, count, rate) in classes {
+    for (class, count, rate, multiplier) in classes {
         if count == 0 {
             continue;
         }
         let rate = rate.ok_or(class)?;
-        total += Decimal::from(count) * rate;
+        total += Decimal::from(count) * rate * multiplier;
     }
     Ok(total)
 }
@@ -264,6 +406,7 @@ mod tests {
                 cache_write_1h: None,
                 output: Some(Decimal::new(25, 2)),
             },
+            long_context: None,
         }
     }
 
@@ -276,8 +419,11 @@ mod tests {
             ..TokenCounts::default()
         };
         let cost = entry().price(&tokens).unwrap();
-        // 1,000,000 x 0.10 + 100 x 0.01 + 3 x 0.50 = 100,002.5 -> 100,003 (half away from zero)
-        assert_eq!(cost.list, Micros(100_003));
+        // List prices cached input at the input rate:
+        // 1,000,000 x 0.10 + 100 x 0.10 + 3 x 0.50 = 100,011.5 -> 100,012 (half away from zero).
+        assert_eq!(cost.list, Micros(100_012));
+        // At the standard cached rate: 1,000,000 x 0.10 + 100 x 0.01 + 3 x 0.50 = 100,002.5 -> 100,003.
+        assert_eq!(cost.list - cost.cache_discount, Micros(100_003));
         // 1,000,000 x 0.05 + 100 x 0.005 + 3 x 0.25 = 50,001.25 -> 50,001
         assert_eq!(cost.billed, Micros(50_001));
         assert_eq!(cost.list - cost.discount(), cost.billed);
@@ -301,3 +447,70 @@ mod tests {
 
 #[cfg(test)]
 mod split_tests;
+
+#[cfg(test)]
+mod breakdown_tests {
+    use super::*;
+
+    fn table_entry(model: &str) -> PriceEntry {
+        let table: PriceTable = toml::from_str(include_str!("../../config/prices.toml")).unwrap();
+        table.latest("openai", model).unwrap().clone()
+    }
+
+    #[test]
+    fn cached_input_priced_at_cached_rate() {
+        // gpt-6-luna: standard input 0.10, cached 0.01; batch input 0.05, cached 0.005.
+        let tokens = TokenCounts {
+            input: 1_000,
+            cached_input: 10_000,
+            output: 100,
+            ..TokenCounts::default()
+        };
+        let cost = table_entry("gpt-6-luna").price(&tokens).unwrap();
+        // List: 11,000 x 0.10 + 100 x 0.50 = 1,150.
+        assert_eq!(cost.list, Micros(1_150));
+        // Standard with the cache discount: 1,000 x 0.10 + 10,000 x 0.01 + 100 x 0.50 = 250.
+        assert_eq!(cost.cache_discount, Micros(900));
+        // Batch: 1,000 x 0.05 + 10,000 x 0.005 + 100 x 0.25 = 125. At the plain batch
+        // input rate, the cached tokens would bill 550 + 25 = 575.
+        assert_eq!(cost.billed, Micros(125));
+        assert_eq!(cost.batch_discount(), Micros(125));
+        assert_eq!(
+            cost.list - cost.cache_discount - cost.batch_discount(),
+            cost.billed
+        );
+    }
+
+    #[test]
+    fn long_context_multiplies_whole_request() {
+        let mut entry = table_entry("gpt-6-luna");
+        entry.long_context = Some(LongContext {
+            above_input_tokens: 272_000,
+            input_multiplier: Decimal::TWO,
+            output_multiplier: Decimal::new(15, 1),
+        });
+        let request = TokenCounts {
+            input: 300_000,
+            cached_input: 10_000,
+            output: 1_000,
+            ..TokenCounts::default()
+        };
+        let base = entry.price(&request).unwrap();
+        let long = entry
+            .price_usage(&Usage {
+                long_context: request,
+                ..Usage::default()
+            })
+            .unwrap();
+        // Batch: (300,000 x 0.05 + 10,000 x 0.005) x 2 + 1,000 x 0.25 x 1.5 = 30,100 + 375.
+        assert_eq!(long.billed, Micros(30_475));
+        assert_eq!(base.billed, Micros(15_300));
+        assert_eq!(
+            long.list - long.cache_discount - long.batch_discount(),
+            long.billed
+        );
+        // The estimate prices long-context requests the same way, rounded up.
+        let estimate = entry.estimate_tiers(0, 0, (310_000, 1_000)).unwrap();
+        assert_eq!(estimate, Micros(31_375));
+    }
+}

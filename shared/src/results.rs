@@ -5,8 +5,13 @@
 //! Anthropic lines carry `result.type`. Lines may come in any order; a
 //! `custom_id` seen twice is counted and billed once.
 //!
-//! NOTE: memory grows with the number of distinct `custom_id` values (one
-//! set entry each, to catch duplicates), not with the file size.
+//! Lines are read into typed structs that skip every field except the ids,
+//! status and usage, so the response text is scanned but never allocated. A
+//! line whose shape the typed read rejects is read again as a JSON value.
+//! Duplicates are found with a 128-bit hash of each `custom_id`, so memory
+//! grows by 16 bytes (plus table overhead) per distinct request and not with
+//! line length or file size. A provider batch has at most 50,000 (OpenAI) or
+//! 100,000 (Anthropic) requests.
 
 use std::collections::HashSet;
 
@@ -14,7 +19,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::message::RequestCounts;
-use crate::pricing::{PriceEntry, TokenCounts};
+use crate::pricing::{PriceEntry, TokenCounts, Usage};
 
 /// Layout of a provider's result lines.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -34,35 +39,89 @@ impl ResultFormat {
     }
 }
 
+/// An OpenAI result line, read without allocating the response body.
 #[derive(Deserialize)]
-struct OpenAiLine {
-    custom_id: Option<String>,
+struct OpenAiLine<'a> {
+    #[serde(borrow)]
+    custom_id: Option<std::borrow::Cow<'a, str>>,
     response: Option<OpenAiResponse>,
-    #[serde(default)]
-    error: Option<Value>,
+    #[serde(default, borrow)]
+    error: Option<LineError<'a>>,
 }
 
 #[derive(Deserialize)]
 struct OpenAiResponse {
     status_code: u16,
     #[serde(default)]
-    body: Value,
+    body: Option<OpenAiBody>,
 }
 
 #[derive(Deserialize)]
-struct AnthropicLine {
-    custom_id: Option<String>,
-    result: AnthropicResult,
+struct OpenAiBody {
+    #[serde(default)]
+    usage: Option<OpenAiUsage>,
+}
+
+/// Usage of Chat Completions, Responses and Embeddings bodies in one struct.
+#[derive(Deserialize, Default)]
+struct OpenAiUsage {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    prompt_tokens_details: Option<OpenAiDetails>,
+    input_tokens_details: Option<OpenAiDetails>,
+}
+
+#[derive(Deserialize, Default)]
+struct OpenAiDetails {
+    cached_tokens: Option<u64>,
+    cache_write_tokens: Option<u64>,
 }
 
 #[derive(Deserialize)]
-struct AnthropicResult {
-    #[serde(rename = "type")]
-    kind: String,
+struct LineError<'a> {
+    #[serde(default, borrow)]
+    code: Option<std::borrow::Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct AnthropicLine<'a> {
+    #[serde(borrow)]
+    custom_id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    result: AnthropicResult<'a>,
+}
+
+#[derive(Deserialize)]
+struct AnthropicResult<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
     #[serde(default)]
-    message: Value,
+    message: Option<AnthropicMessage>,
     #[serde(default)]
-    error: Value,
+    error: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct AnthropicMessage {
+    #[serde(default)]
+    usage: Option<AnthropicUsage>,
+}
+
+#[derive(Deserialize, Default)]
+struct AnthropicUsage {
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    cache_read_input_tokens: Option<u64>,
+    cache_creation_input_tokens: Option<u64>,
+    cache_creation: Option<AnthropicCacheCreation>,
+}
+
+#[derive(Deserialize, Default)]
+struct AnthropicCacheCreation {
+    ephemeral_5m_input_tokens: Option<u64>,
+    ephemeral_1h_input_tokens: Option<u64>,
 }
 
 /// Outcome of one request.
@@ -81,13 +140,26 @@ enum Outcome {
 pub struct ResultTotals {
     pub format: ResultFormat,
     pub requests: RequestCounts,
-    /// Usage of succeeded requests.
+    /// Usage of succeeded requests at or below the long-context threshold.
     pub tokens_succeeded: TokenCounts,
     /// Usage reported on failed requests, billed only where the price table lists `failed`.
     pub tokens_failed: TokenCounts,
+    /// Usage of succeeded requests whose prompt is above the long-context threshold.
+    pub long_context_succeeded: TokenCounts,
+    /// Usage of failed requests whose prompt is above the long-context threshold.
+    pub long_context_failed: TokenCounts,
     /// Lines whose `custom_id` had already been counted.
     pub duplicate_lines: u64,
-    seen: HashSet<String>,
+    /// Prompt size (all input classes) above which a request is priced at the
+    /// long-context rates; `None` when the model has no such tier.
+    pub long_context_above: Option<u64>,
+    seen: HashSet<u128>,
+}
+
+/// Returns the 128-bit hash of a `custom_id` that duplicate detection keeps.
+/// Two distinct ids collide with a probability near 2^-128 per pair.
+fn id_hash(custom_id: &str) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(custom_id.as_bytes())
 }
 
 impl ResultTotals {
@@ -98,16 +170,29 @@ impl ResultTotals {
         }
     }
 
+    /// Sets the long-context threshold of the price entry that will price these totals.
+    pub fn with_long_context(mut self, above_input_tokens: Option<u64>) -> ResultTotals {
+        self.long_context_above = above_input_tokens;
+        self
+    }
+
     /// Returns the usage that the price entry's billing rule bills.
-    pub fn billed_tokens(&self, price: &PriceEntry) -> TokenCounts {
-        let mut tokens = TokenCounts::default();
+    pub fn billed_usage(&self, price: &PriceEntry) -> Usage {
+        let mut usage = Usage::default();
         if price.bills("succeeded") {
-            tokens.add(&self.tokens_succeeded);
+            usage.base.add(&self.tokens_succeeded);
+            usage.long_context.add(&self.long_context_succeeded);
         }
         if price.bills("failed") {
-            tokens.add(&self.tokens_failed);
+            usage.base.add(&self.tokens_failed);
+            usage.long_context.add(&self.long_context_failed);
         }
-        tokens
+        usage
+    }
+
+    /// Returns the billed usage of both tiers added together, for reports.
+    pub fn billed_tokens(&self, price: &PriceEntry) -> TokenCounts {
+        self.billed_usage(price).total()
     }
 
     /// Adds the totals of a later file of the same batch, read with
@@ -117,6 +202,9 @@ impl ResultTotals {
         self.requests.add(&other.requests);
         self.tokens_succeeded.add(&other.tokens_succeeded);
         self.tokens_failed.add(&other.tokens_failed);
+        self.long_context_succeeded
+            .add(&other.long_context_succeeded);
+        self.long_context_failed.add(&other.long_context_failed);
         self.duplicate_lines += other.duplicate_lines;
     }
 
@@ -137,26 +225,36 @@ impl ResultTotals {
         if trimmed.is_empty() {
             return Ok(());
         }
-        let (custom_id, outcome) = match self.format {
+        let (hash, outcome) = match self.format {
             ResultFormat::OpenAi => parse_openai(trimmed)?,
             ResultFormat::Anthropic => parse_anthropic(trimmed)?,
         };
-        if earlier.is_some_and(|earlier| earlier.seen.contains(&custom_id))
-            || !self.seen.insert(custom_id)
-        {
+        if earlier.is_some_and(|earlier| earlier.seen.contains(&hash)) || !self.seen.insert(hash) {
             self.duplicate_lines += 1;
             return Ok(());
         }
         self.requests.total += 1;
+        let is_long = |tokens: &TokenCounts| {
+            self.long_context_above
+                .is_some_and(|above| tokens.prompt() > above)
+        };
         match outcome {
             Outcome::Succeeded(tokens) => {
                 self.requests.succeeded += 1;
-                self.tokens_succeeded.add(&tokens);
+                if is_long(&tokens) {
+                    self.long_context_succeeded.add(&tokens);
+                } else {
+                    self.tokens_succeeded.add(&tokens);
+                }
             }
             Outcome::Failed { retryable, tokens } => {
                 self.requests.failed += 1;
                 self.requests.failed_retryable += u64::from(retryable);
-                self.tokens_failed.add(&tokens);
+                if is_long(&tokens) {
+                    self.long_context_failed.add(&tokens);
+                } else {
+                    self.tokens_failed.add(&tokens);
+                }
             }
             Outcome::Expired => self.requests.expired += 1,
             Outcome::Cancelled => self.requests.cancelled += 1,
@@ -165,46 +263,121 @@ impl ResultTotals {
     }
 }
 
-fn parse_openai(line: &[u8]) -> Result<(String, Outcome), String> {
-    let parsed: OpenAiLine =
-        serde_json::from_slice(line).map_err(|error| format!("malformed result line: {error}"))?;
-    let custom_id = parsed.custom_id.ok_or("result line has no custom_id")?;
-    let outcome = match parsed.response {
-        Some(response) if response.status_code == 200 => {
-            Outcome::Succeeded(openai_usage(&response.body))
+/// Reads an OpenAI line with the typed structs, or as a JSON value when the
+/// typed read rejects its shape (for example a body that is not an object).
+fn parse_openai(line: &[u8]) -> Result<(u128, Outcome), String> {
+    match serde_json::from_slice::<OpenAiLine>(line) {
+        Ok(parsed) => {
+            let custom_id = parsed.custom_id.ok_or("result line has no custom_id")?;
+            let outcome = match parsed.response {
+                Some(response) => {
+                    let usage = response
+                        .body
+                        .and_then(|body| body.usage)
+                        .map(|usage| usage.tokens())
+                        .unwrap_or_default();
+                    openai_outcome(response.status_code, usage)
+                }
+                None => openai_error_outcome(parsed.error.and_then(|error| error.code).as_deref()),
+            };
+            Ok((id_hash(&custom_id), outcome))
         }
-        Some(response) => Outcome::Failed {
-            retryable: response.status_code == 429 || response.status_code >= 500,
-            tokens: openai_usage(&response.body),
-        },
-        None => {
-            let code = parsed
-                .error
-                .as_ref()
-                .and_then(|error| error.get("code"))
-                .and_then(Value::as_str);
-            match code {
-                Some("batch_expired") => Outcome::Expired,
-                Some("batch_cancelled") => Outcome::Cancelled,
-                _ => Outcome::Failed {
-                    retryable: false,
-                    tokens: TokenCounts::default(),
-                },
-            }
-        }
-    };
-    Ok((custom_id, outcome))
+        Err(_) => parse_openai_value(line),
+    }
 }
 
-fn parse_anthropic(line: &[u8]) -> Result<(String, Outcome), String> {
-    let parsed: AnthropicLine =
+fn openai_outcome(status_code: u16, tokens: TokenCounts) -> Outcome {
+    if status_code == 200 {
+        Outcome::Succeeded(tokens)
+    } else {
+        Outcome::Failed {
+            retryable: status_code == 429 || status_code >= 500,
+            tokens,
+        }
+    }
+}
+
+fn openai_error_outcome(code: Option<&str>) -> Outcome {
+    match code {
+        Some("batch_expired") => Outcome::Expired,
+        Some("batch_cancelled") => Outcome::Cancelled,
+        _ => Outcome::Failed {
+            retryable: false,
+            tokens: TokenCounts::default(),
+        },
+    }
+}
+
+fn parse_openai_value(line: &[u8]) -> Result<(u128, Outcome), String> {
+    let parsed: Value =
         serde_json::from_slice(line).map_err(|error| format!("malformed result line: {error}"))?;
+    let custom_id = parsed
+        .get("custom_id")
+        .and_then(Value::as_str)
+        .ok_or("result line has no custom_id")?;
+    let outcome = match parsed
+        .get("response")
+        .filter(|response| !response.is_null())
+    {
+        Some(response) => {
+            let status = response
+                .get("status_code")
+                .and_then(Value::as_u64)
+                .ok_or("result line has a response without a numeric status_code")?;
+            let body = response.get("body").cloned().unwrap_or_default();
+            openai_outcome(
+                u16::try_from(status).unwrap_or(u16::MAX),
+                openai_usage(&body),
+            )
+        }
+        None => openai_error_outcome(parsed.pointer("/error/code").and_then(Value::as_str)),
+    };
+    Ok((id_hash(custom_id), outcome))
+}
+
+/// Reads an Anthropic line with the typed structs, or as a JSON value when
+/// the typed read rejects its shape.
+fn parse_anthropic(line: &[u8]) -> Result<(u128, Outcome), String> {
+    let Ok(parsed) = serde_json::from_slice::<AnthropicLine>(line) else {
+        return parse_anthropic_value(line);
+    };
     let custom_id = parsed.custom_id.ok_or("result line has no custom_id")?;
-    let outcome = match parsed.result.kind.as_str() {
-        "succeeded" => Outcome::Succeeded(anthropic_usage(&parsed.result.message)),
+    let usage = parsed
+        .result
+        .message
+        .and_then(|message| message.usage)
+        .map(|usage| usage.tokens())
+        .unwrap_or_default();
+    let error = parsed.result.error.unwrap_or_default();
+    let outcome = anthropic_outcome(&parsed.result.kind, usage, &error)?;
+    Ok((id_hash(&custom_id), outcome))
+}
+
+fn parse_anthropic_value(line: &[u8]) -> Result<(u128, Outcome), String> {
+    let parsed: Value =
+        serde_json::from_slice(line).map_err(|error| format!("malformed result line: {error}"))?;
+    let custom_id = parsed
+        .get("custom_id")
+        .and_then(Value::as_str)
+        .ok_or("result line has no custom_id")?;
+    let result = parsed
+        .get("result")
+        .ok_or("result line has no result object")?;
+    let kind = result
+        .get("type")
+        .and_then(Value::as_str)
+        .ok_or("result line has no result.type")?;
+    let usage = anthropic_usage(result.get("message").unwrap_or(&Value::Null));
+    let error = result.get("error").cloned().unwrap_or_default();
+    let outcome = anthropic_outcome(kind, usage, &error)?;
+    Ok((id_hash(custom_id), outcome))
+}
+
+fn anthropic_outcome(kind: &str, usage: TokenCounts, error: &Value) -> Result<Outcome, String> {
+    let outcome = match kind {
+        "succeeded" => Outcome::Succeeded(usage),
         "errored" => {
             // The error object nests as {"type": "error", "error": {"type": ...}}.
-            let error = &parsed.result.error;
             let kind = error
                 .pointer("/error/type")
                 .or_else(|| error.get("type"))
@@ -219,7 +392,63 @@ fn parse_anthropic(line: &[u8]) -> Result<(String, Outcome), String> {
         "expired" => Outcome::Expired,
         other => return Err(format!("unknown result type {other:?}")),
     };
-    Ok((custom_id, outcome))
+    Ok(outcome)
+}
+
+impl OpenAiUsage {
+    /// Normalises as [`openai_usage`] does.
+    fn tokens(&self) -> TokenCounts {
+        if let Some(input) = self.input_tokens {
+            let cached = self
+                .input_tokens_details
+                .as_ref()
+                .and_then(|details| details.cached_tokens)
+                .unwrap_or(0);
+            return TokenCounts {
+                input: input.saturating_sub(cached),
+                cached_input: cached,
+                output: self.output_tokens.unwrap_or(0),
+                ..TokenCounts::default()
+            };
+        }
+        let details = self.prompt_tokens_details.as_ref();
+        let cached = details
+            .and_then(|details| details.cached_tokens)
+            .unwrap_or(0);
+        let cache_write = details
+            .and_then(|details| details.cache_write_tokens)
+            .unwrap_or(0);
+        TokenCounts {
+            input: self
+                .prompt_tokens
+                .unwrap_or(0)
+                .saturating_sub(cached + cache_write),
+            cached_input: cached,
+            cache_write,
+            output: self.completion_tokens.unwrap_or(0),
+            ..TokenCounts::default()
+        }
+    }
+}
+
+impl AnthropicUsage {
+    /// Normalises as [`anthropic_usage`] does.
+    fn tokens(&self) -> TokenCounts {
+        let (write_5m, write_1h) = match &self.cache_creation {
+            Some(breakdown) => (
+                breakdown.ephemeral_5m_input_tokens.unwrap_or(0),
+                breakdown.ephemeral_1h_input_tokens.unwrap_or(0),
+            ),
+            None => (self.cache_creation_input_tokens.unwrap_or(0), 0),
+        };
+        TokenCounts {
+            input: self.input_tokens.unwrap_or(0),
+            cached_input: self.cache_read_input_tokens.unwrap_or(0),
+            cache_write: write_5m,
+            cache_write_1h: write_1h,
+            output: self.output_tokens.unwrap_or(0),
+        }
+    }
 }
 
 /// Normalises OpenAI usage into token classes counted once.

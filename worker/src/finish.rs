@@ -20,6 +20,7 @@ use crate::part::inflight_id;
 /// failure replaces what was counted from it.
 struct Accumulator {
     format: ResultFormat,
+    long_context_above: Option<u64>,
     finished: ResultTotals,
     current: ResultTotals,
     current_file: Option<String>,
@@ -28,11 +29,12 @@ struct Accumulator {
 }
 
 impl Accumulator {
-    fn new(format: ResultFormat) -> Accumulator {
+    fn new(format: ResultFormat, long_context_above: Option<u64>) -> Accumulator {
         Accumulator {
             format,
-            finished: ResultTotals::new(format),
-            current: ResultTotals::new(format),
+            long_context_above,
+            finished: ResultTotals::new(format).with_long_context(long_context_above),
+            current: ResultTotals::new(format).with_long_context(long_context_above),
             current_file: None,
             line_number: 0,
             first_bad: None,
@@ -51,7 +53,8 @@ impl Accumulator {
 impl ResultSink for Accumulator {
     fn start_file(&mut self, name: &str) {
         let restarted = self.current_file.as_deref() == Some(name);
-        let previous = std::mem::replace(&mut self.current, ResultTotals::new(self.format));
+        let fresh = ResultTotals::new(self.format).with_long_context(self.long_context_above);
+        let previous = std::mem::replace(&mut self.current, fresh);
         if !restarted {
             self.finished.merge(previous);
         }
@@ -136,7 +139,15 @@ impl Worker {
         }
 
         let slot = self.provider(&job.manifest.provider)?;
-        let mut accumulator = Accumulator::new(ResultFormat::for_provider(&job.manifest.provider));
+        // The long-context threshold decides, per request, which tier its usage is priced at.
+        let created_at = batch.created_at.unwrap_or_else(Utc::now);
+        let long_context_above = self
+            .price_at(&job.manifest.provider, &job.manifest.model, created_at)
+            .and_then(|price| price.long_context_above());
+        let mut accumulator = Accumulator::new(
+            ResultFormat::for_provider(&job.manifest.provider),
+            long_context_above,
+        );
         let downloaded = slot.client.stream_results(batch, &mut accumulator).await;
         let totals = match (downloaded, accumulator.totals()) {
             (Err(error), _) => {
@@ -297,8 +308,9 @@ impl Worker {
                 ))
             })?;
         let price = &price;
-        let tokens = totals.billed_tokens(price);
-        let cost = price.price(&tokens)?;
+        let usage = totals.billed_usage(price);
+        let tokens = usage.total();
+        let cost = price.price_usage(&usage)?;
         let accrual = self.config.accrual;
         let submission_month = stored
             .get("month")

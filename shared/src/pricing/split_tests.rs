@@ -27,7 +27,7 @@ fn request_tokens() -> impl Strategy<Value = TokenCounts> {
 }
 
 fn unrounded(price: &PriceEntry, tokens: &TokenCounts) -> Decimal {
-    rate_sum(&price.batch, tokens).unwrap()
+    rate_sum(&price.batch, tokens, false, (Decimal::ONE, Decimal::ONE)).unwrap()
 }
 
 proptest! {

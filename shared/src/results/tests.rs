@@ -139,3 +139,132 @@ fn id_in_both_files_is_billed_once() {
     assert_eq!(output.requests.failed, 0);
     assert_eq!(output.tokens_succeeded.input, 10);
 }
+
+/// One usage shape per row: the line's usage, and the token classes it must
+/// count. The traps: cached tokens counted again as input, cache-creation
+/// tokens counted both as input and as cache writes.
+#[test]
+fn usage_shapes_count_each_token_once() {
+    let cases: [(&str, ResultFormat, Value, TokenCounts); 6] = [
+        (
+            "chat with cached and cache-write tokens inside prompt_tokens",
+            ResultFormat::OpenAi,
+            json!({"prompt_tokens": 1000, "completion_tokens": 50,
+                "prompt_tokens_details": {"cached_tokens": 600, "cache_write_tokens": 300},
+                "completion_tokens_details": {"reasoning_tokens": 40}}),
+            TokenCounts {
+                input: 100,
+                cached_input: 600,
+                cache_write: 300,
+                cache_write_1h: 0,
+                output: 50,
+            },
+        ),
+        (
+            "chat whose reasoning tokens are inside completion_tokens",
+            ResultFormat::OpenAi,
+            json!({"prompt_tokens": 10, "completion_tokens": 90,
+                "completion_tokens_details": {"reasoning_tokens": 80}}),
+            TokenCounts {
+                input: 10,
+                output: 90,
+                ..TokenCounts::default()
+            },
+        ),
+        (
+            "responses with cached tokens inside input_tokens",
+            ResultFormat::OpenAi,
+            json!({"input_tokens": 500, "output_tokens": 20,
+                "input_tokens_details": {"cached_tokens": 400},
+                "output_tokens_details": {"reasoning_tokens": 5}}),
+            TokenCounts {
+                input: 100,
+                cached_input: 400,
+                output: 20,
+                ..TokenCounts::default()
+            },
+        ),
+        (
+            "embeddings with prompt tokens only",
+            ResultFormat::OpenAi,
+            json!({"prompt_tokens": 33, "total_tokens": 33}),
+            TokenCounts {
+                input: 33,
+                ..TokenCounts::default()
+            },
+        ),
+        (
+            "anthropic classes that add up, nothing subtracted",
+            ResultFormat::Anthropic,
+            json!({"input_tokens": 12, "cache_creation_input_tokens": 700,
+                "cache_read_input_tokens": 3000, "output_tokens": 40,
+                "cache_creation": {"ephemeral_5m_input_tokens": 200, "ephemeral_1h_input_tokens": 500}}),
+            TokenCounts {
+                input: 12,
+                cached_input: 3000,
+                cache_write: 200,
+                cache_write_1h: 500,
+                output: 40,
+            },
+        ),
+        (
+            "anthropic cache writes without the breakdown",
+            ResultFormat::Anthropic,
+            json!({"input_tokens": 12, "cache_creation_input_tokens": 700, "output_tokens": 1}),
+            TokenCounts {
+                input: 12,
+                cache_write: 700,
+                output: 1,
+                ..TokenCounts::default()
+            },
+        ),
+    ];
+    for (name, format, usage, expected) in cases {
+        let line = match format {
+            ResultFormat::OpenAi => json!({"custom_id": "r1", "response": {"status_code": 200,
+                "body": {"choices": [{"message": {"content": "usage: \"prompt_tokens\": 9"}}], "usage": usage}}}),
+            ResultFormat::Anthropic => json!({"custom_id": "r1", "result": {"type": "succeeded",
+                "message": {"content": [{"type": "text", "text": "x"}], "usage": usage}}}),
+        };
+        let mut totals = ResultTotals::new(format);
+        totals.add_line(line.to_string().as_bytes()).unwrap();
+        assert_eq!(totals.tokens_succeeded, expected, "{name}");
+        // The typed read and the JSON-value read agree.
+        let value = match format {
+            ResultFormat::OpenAi => openai_usage(&line["response"]["body"]),
+            ResultFormat::Anthropic => anthropic_usage(&line["result"]["message"]),
+        };
+        assert_eq!(value, expected, "{name}: value read");
+    }
+}
+
+#[test]
+fn odd_body_shapes_fall_back_to_value_read() {
+    let mut totals = ResultTotals::new(ResultFormat::OpenAi);
+    let text_body = br#"{"custom_id":"a","response":{"status_code":500,"body":"upstream timeout"},"error":null}"#;
+    totals.add_line(text_body).unwrap();
+    assert_eq!(totals.requests.failed, 1);
+    assert_eq!(totals.requests.failed_retryable, 1);
+    let no_status = br#"{"custom_id":"b","response":{"body":{}}}"#;
+    let error = totals.add_line(no_status).unwrap_err();
+    assert!(error.contains("status_code"), "{error}");
+}
+
+#[test]
+fn long_prompts_go_to_the_long_context_tier() {
+    let mut totals = ResultTotals::new(ResultFormat::OpenAi).with_long_context(Some(1000));
+    let line = |id: &str, prompt: u64, cached: u64| {
+        json!({"custom_id": id, "response": {"status_code": 200, "body": {"usage": {
+            "prompt_tokens": prompt, "completion_tokens": 5,
+            "prompt_tokens_details": {"cached_tokens": cached}}}}})
+        .to_string()
+    };
+    totals.add_line(line("at", 1000, 0).as_bytes()).unwrap();
+    // Cached tokens count towards the prompt size: 700 + 400 cached is above 1000.
+    totals
+        .add_line(line("above", 1100, 400).as_bytes())
+        .unwrap();
+    assert_eq!(totals.tokens_succeeded.input, 1000);
+    assert_eq!(totals.long_context_succeeded.input, 700);
+    assert_eq!(totals.long_context_succeeded.cached_input, 400);
+}
