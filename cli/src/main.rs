@@ -7,6 +7,7 @@
 
 mod budget;
 mod cancel;
+mod cost;
 mod ledger;
 mod review;
 mod status;
@@ -52,6 +53,9 @@ enum Command {
     Budget(budget::BudgetCommand),
     /// Replay the ledger and print a month's records and per-team totals.
     Ledger(ledger::LedgerArguments),
+    /// Price local result files of one provider batch with the price table,
+    /// printing the totals the worker would record.
+    Cost(cost::CostArguments),
     /// List jobs held for review, approve or reject them.
     #[command(subcommand)]
     Review(review::ReviewCommand),
@@ -99,9 +103,27 @@ fn main() -> ExitCode {
 }
 
 async fn run(arguments: Arguments) -> Result<ExitCode, Failure> {
-    let config =
-        Config::load(&arguments.config).map_err(|error| Failure::Invalid(error.to_string()))?;
     match arguments.command {
+        // `cost` reads only the price table, so it runs without a configuration
+        // file when it is given one.
+        Command::Cost(cost) => {
+            let price_table = match &cost.price_table {
+                Some(path) => path.clone(),
+                None => {
+                    Config::load(&arguments.config)
+                        .map_err(|error| Failure::Invalid(error.to_string()))?
+                        .price_table
+                }
+            };
+            tokio::task::spawn_blocking(move || cost::run(&price_table, cost)).await?
+        }
+        command => run_with_config(&arguments.config, command).await,
+    }
+}
+
+async fn run_with_config(path: &std::path::Path, command: Command) -> Result<ExitCode, Failure> {
+    let config = Config::load(path).map_err(|error| Failure::Invalid(error.to_string()))?;
+    match command {
         Command::Submit(submit) => submit::run(&config, submit).await,
         Command::Status(status) => status::run(&config, status).await,
         Command::Cancel(cancel) => cancel::run(&config, cancel).await,
@@ -109,5 +131,8 @@ async fn run(arguments: Arguments) -> Result<ExitCode, Failure> {
         Command::Ledger(ledger) => ledger::run(&config, ledger).await,
         Command::Budget(budget) => budget::run(&config, budget).await,
         Command::Review(review) => review::run(&config, review).await,
+        Command::Cost(cost) => {
+            tokio::task::spawn_blocking(move || cost::run(&config.price_table, cost)).await?
+        }
     }
 }

@@ -85,9 +85,62 @@ impl std::iter::Sum for Micros {
     }
 }
 
+/// Serde format of an amount as an exact decimal string with six decimals,
+/// for example `"-0.000125"`, as FOCUS cost columns are written.
+pub mod decimal_string {
+    use super::*;
+
+    pub fn serialize<S: serde::Serializer>(
+        amount: &Micros,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(amount)
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Micros, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Decimal::from_str(text.trim())
+            .ok()
+            .and_then(Micros::from_decimal)
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "invalid amount {text:?}: expected a decimal string with at most six decimals"
+                ))
+            })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decimal_strings_round_trip() {
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct Row {
+            #[serde(with = "decimal_string")]
+            cost: Micros,
+        }
+        for micros in [0, 1, -125, 12_345_678] {
+            let json = serde_json::to_string(&Row {
+                cost: Micros(micros),
+            })
+            .unwrap();
+            assert_eq!(
+                serde_json::from_str::<Row>(&json).unwrap(),
+                Row {
+                    cost: Micros(micros)
+                }
+            );
+        }
+        assert_eq!(
+            serde_json::to_string(&Row { cost: Micros(-125) }).unwrap(),
+            r#"{"cost":"-0.000125"}"#
+        );
+        assert!(serde_json::from_str::<Row>(r#"{"cost":"0.0000001"}"#).is_err());
+    }
 
     #[test]
     fn parses_and_formats_amounts() {

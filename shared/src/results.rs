@@ -18,6 +18,10 @@ use std::collections::HashSet;
 use serde::Deserialize;
 use serde_json::Value;
 
+mod files;
+
+pub use files::{FileError, account_files};
+
 use crate::message::RequestCounts;
 use crate::pricing::{PriceEntry, TokenCounts, Usage};
 
@@ -188,6 +192,11 @@ impl ResultTotals {
             usage.long_context.add(&self.long_context_failed);
         }
         usage
+    }
+
+    /// Makes room for `requests` more distinct `custom_id` values.
+    pub fn reserve(&mut self, requests: usize) {
+        self.seen.reserve(requests);
     }
 
     /// Returns the billed usage of both tiers added together, for reports.
