@@ -36,7 +36,8 @@ pub struct TeamTotal {
     pub requests_succeeded: u64,
     pub requests_failed: u64,
     pub list_cost_micros: Micros,
-    pub discount_micros: Micros,
+    pub cache_discount_micros: Micros,
+    pub batch_discount_micros: Micros,
     pub billed_cost_micros: Micros,
 }
 
@@ -105,30 +106,38 @@ fn ledger_text(month: &str, records: &[LedgerRecord], totals: &[TeamTotal]) -> S
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "{:<10} {:<11} {:>7} {:>14} {:>14} {:>14}",
-        "team", "cost center", "records", "list USD", "discount USD", "billed USD"
+        "{:<10} {:<11} {:>7} {:>14} {:>14} {:>14} {:>14}",
+        "team",
+        "cost center",
+        "records",
+        "list USD",
+        "cache disc USD",
+        "batch disc USD",
+        "billed USD"
     );
     for total in totals {
         let _ = writeln!(
             out,
-            "{:<10} {:<11} {:>7} {:>14} {:>14} {:>14}",
+            "{:<10} {:<11} {:>7} {:>14} {:>14} {:>14} {:>14}",
             total.team,
             total.cost_center,
             total.records,
             total.list_cost_micros,
-            total.discount_micros,
+            total.cache_discount_micros,
+            total.batch_discount_micros,
             total.billed_cost_micros
         );
     }
     let sum = |amount: fn(&TeamTotal) -> Micros| totals.iter().map(amount).sum::<Micros>();
     let _ = writeln!(
         out,
-        "{:<10} {:<11} {:>7} {:>14} {:>14} {:>14}",
+        "{:<10} {:<11} {:>7} {:>14} {:>14} {:>14} {:>14}",
         "total",
         "",
         records.len(),
         sum(|total| total.list_cost_micros),
-        sum(|total| total.discount_micros),
+        sum(|total| total.cache_discount_micros),
+        sum(|total| total.batch_discount_micros),
         sum(|total| total.billed_cost_micros)
     );
     out
@@ -160,7 +169,8 @@ pub fn team_totals(records: &[LedgerRecord]) -> Vec<TeamTotal> {
         total.requests_succeeded += record.requests.succeeded;
         total.requests_failed += record.requests.failed;
         total.list_cost_micros = total.list_cost_micros + record.list_cost_micros;
-        total.discount_micros = total.discount_micros + record.discount_micros;
+        total.cache_discount_micros = total.cache_discount_micros + record.cache_discount_micros;
+        total.batch_discount_micros = total.batch_discount_micros + record.batch_discount_micros;
         total.billed_cost_micros = total.billed_cost_micros + record.billed_cost_micros;
     }
     totals.into_values().collect()

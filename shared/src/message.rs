@@ -3,6 +3,8 @@
 //! Each body is JSON with a `schema_version`. The job message is a public
 //! contract described by `schema/job-message.v1.json`.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -12,7 +14,7 @@ use crate::pricing::TokenCounts;
 
 pub const JOB_SCHEMA_VERSION: u32 = 1;
 pub const EVENT_SCHEMA_VERSION: u32 = 1;
-pub const LEDGER_SCHEMA_VERSION: u32 = 1;
+pub const LEDGER_SCHEMA_VERSION: u32 = 2;
 
 /// A submitted job, as published with routing key `job.submitted`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -196,51 +198,162 @@ impl RequestCounts {
     }
 }
 
-/// The cost of one provider batch, published once to the ledger exchange.
+/// The cost of one provider batch, published once to the ledger exchange, or
+/// a correction of such a record.
+///
+/// Field names follow FOCUS 1.2 where FOCUS has the column; the others carry
+/// the `x_` prefix. Costs are exact decimal strings with six decimals.
+/// Timestamps are UTC, and periods are half-open intervals `[start, end)`.
+/// `schema/ledger-record.v2.json` describes the format.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LedgerRecord {
+    #[serde(rename = "x_SchemaVersion")]
     pub schema_version: u32,
-    /// Idempotency key: `provider:provider_batch_id`. Readers keep one record per id.
+    /// Idempotency key: `provider:provider_batch_id`, or `correction:...` for a
+    /// correction. Readers keep one record per id.
+    #[serde(rename = "x_RecordId")]
     pub record_id: String,
+    #[serde(rename = "BilledCost", with = "crate::money::decimal_string")]
+    pub billed_cost_micros: Micros,
+    /// Equal to the billed cost: batch usage has no commitment to amortise.
+    #[serde(rename = "EffectiveCost", with = "crate::money::decimal_string")]
+    pub effective_cost_micros: Micros,
+    /// Cost at standard rates, with cached input at the plain input rate.
+    #[serde(rename = "ListCost", with = "crate::money::decimal_string")]
+    pub list_cost_micros: Micros,
+    #[serde(rename = "BillingCurrency")]
+    pub currency: String,
+    /// When the provider batch ran: created to ended.
+    #[serde(rename = "ChargePeriodStart")]
+    pub charge_period_start: DateTime<Utc>,
+    #[serde(rename = "ChargePeriodEnd")]
+    pub charge_period_end: DateTime<Utc>,
+    /// The accrual month (in the budget time zone) as a UTC interval.
+    #[serde(rename = "BillingPeriodStart")]
+    pub billing_period_start: DateTime<Utc>,
+    #[serde(rename = "BillingPeriodEnd")]
+    pub billing_period_end: DateTime<Utc>,
+    /// Always `Usage`.
+    #[serde(rename = "ChargeCategory")]
+    pub charge_category: String,
+    /// `Correction` for a correction record, otherwise empty.
+    #[serde(rename = "ChargeClass")]
+    pub charge_class: Option<String>,
+    #[serde(rename = "ChargeDescription")]
+    pub charge_description: String,
+    /// Tokens of every class, billed or not.
+    #[serde(rename = "ConsumedQuantity")]
+    pub consumed_quantity: u64,
+    #[serde(rename = "ConsumedUnit")]
+    pub consumed_unit: String,
+    /// Billed tokens of every class.
+    #[serde(rename = "PricingQuantity")]
+    pub pricing_quantity: u64,
+    #[serde(rename = "PricingUnit")]
+    pub pricing_unit: String,
+    #[serde(rename = "ServiceName")]
+    pub service_name: String,
+    #[serde(rename = "ServiceCategory")]
+    pub service_category: String,
+    /// `provider/model/batch`.
+    #[serde(rename = "SkuId")]
+    pub sku_id: String,
+    /// The SKU and the `effective_from` date of the price table entry used.
+    #[serde(rename = "SkuPriceId")]
+    pub sku_price_id: String,
+    #[serde(rename = "ProviderName")]
+    pub provider_name: String,
+    #[serde(rename = "PublisherName")]
+    pub publisher_name: String,
+    #[serde(rename = "InvoiceIssuerName")]
+    pub invoice_issuer_name: String,
+    /// The manifest's tags: owner team, cost center, workload class and job id.
+    #[serde(rename = "Tags")]
+    pub tags: BTreeMap<String, String>,
+    #[serde(rename = "x_JobId")]
     pub job_id: String,
+    #[serde(rename = "x_OwnerTeam")]
     pub owner_team: String,
+    #[serde(rename = "x_CostCenter")]
     pub cost_center: String,
+    #[serde(rename = "x_WorkloadClass")]
     pub workload_class: String,
+    #[serde(rename = "x_Purpose")]
     pub purpose: String,
+    #[serde(rename = "x_Provider")]
     pub provider: String,
+    #[serde(rename = "x_Model")]
     pub model: String,
+    #[serde(rename = "x_Endpoint")]
     pub endpoint: String,
+    #[serde(rename = "x_ProviderBatchId")]
     pub provider_batch_id: String,
     /// Zero-based index of the job part this batch ran, and the job's part count.
+    #[serde(rename = "x_PartIndex")]
     pub part_index: u32,
+    #[serde(rename = "x_PartsTotal")]
     pub parts_total: u32,
     /// Provider status the batch ended in: `completed`, `expired` or `cancelled`.
+    #[serde(rename = "x_ProviderStatus")]
     pub provider_status: String,
+    #[serde(rename = "x_Requests")]
     pub requests: RequestCounts,
     /// Result lines that repeated a `custom_id` already counted, billed once.
+    #[serde(rename = "x_DuplicateResultLines")]
     pub duplicate_result_lines: u64,
+    /// Billed tokens by class, both pricing tiers together.
+    #[serde(rename = "x_Tokens")]
     pub tokens: TokenCounts,
-    pub currency: String,
-    /// Cost at standard rates.
-    pub list_cost_micros: Micros,
-    /// Batch discount: `list_cost_micros - billed_cost_micros`.
-    pub discount_micros: Micros,
-    pub billed_cost_micros: Micros,
+    /// The part of `tokens` from requests above the long-context threshold.
+    #[serde(rename = "x_LongContextTokens")]
+    pub long_context_tokens: TokenCounts,
+    /// What the standard cached-input rate saves against the list cost.
+    #[serde(rename = "x_CacheDiscount", with = "crate::money::decimal_string")]
+    pub cache_discount_micros: Micros,
+    /// What the batch rates save: `ListCost - x_CacheDiscount - x_BatchDiscount = BilledCost`.
+    #[serde(rename = "x_BatchDiscount", with = "crate::money::decimal_string")]
+    pub batch_discount_micros: Micros,
     /// `effective_from` of the price table entry used.
+    #[serde(rename = "x_PriceEffectiveFrom")]
     pub price_effective_from: chrono::NaiveDate,
+    #[serde(rename = "x_SubmittedAt")]
     pub submitted_at: DateTime<Utc>,
+    #[serde(rename = "x_CompletedAt")]
     pub provider_completed_at: Option<DateTime<Utc>>,
+    #[serde(rename = "x_RecordedAt")]
     pub recorded_at: DateTime<Utc>,
+    #[serde(rename = "x_AccrualConvention")]
     pub accrual_convention: crate::config::Accrual,
-    /// Month the record counts towards, `YYYY-MM`.
+    /// Month the record counts towards, `YYYY-MM`: the billing period.
+    #[serde(rename = "x_AccrualPeriod")]
     pub accrual_period: String,
-    /// Budget month whose reservation this record settles, `YYYY-MM`; it equals
-    /// `accrual_period` under the `submission` convention.
-    #[serde(default)]
+    /// Month of the budget whose reservation the record settles, `YYYY-MM`.
+    #[serde(rename = "x_BudgetMonth")]
     pub budget_month: String,
+    /// For a correction: the record it corrects.
+    #[serde(rename = "x_CorrectsRecordId", default)]
+    pub corrects_record_id: Option<String>,
+    /// For a correction: why it was made.
+    #[serde(rename = "x_CorrectionReason", default)]
+    pub correction_reason: Option<String>,
 }
 
-/// Formats the calendar month (UTC) of a timestamp as `YYYY-MM`.
-pub fn month_of(at: DateTime<Utc>) -> String {
-    at.format("%Y-%m").to_string()
+impl LedgerRecord {
+    /// Reports whether the record's amounts add up:
+    /// list minus both discounts is billed, and effective equals billed.
+    pub fn amounts_add_up(&self) -> bool {
+        self.list_cost_micros - self.cache_discount_micros - self.batch_discount_micros
+            == self.billed_cost_micros
+            && self.effective_cost_micros == self.billed_cost_micros
+    }
+}
+
+/// Names a provider as FOCUS `ProviderName` and the service its batches run in.
+pub fn provider_names(provider: &str) -> (&'static str, &'static str) {
+    match provider {
+        "anthropic" => ("Anthropic", "Anthropic Message Batches API"),
+        "openai" => ("OpenAI", "OpenAI Batch API"),
+        _ => ("Unknown", "Unknown"),
+    }
 }

@@ -20,6 +20,23 @@ pub struct Period {
     pub end: DateTime<Utc>,
 }
 
+/// Returns the month a cost counts towards: under `submission`, the budget
+/// month the scheduler received the job in (`submission_month`); under
+/// `completion`, the month containing the instant the provider batch ended.
+pub fn accrual_period(
+    periods: &Periods,
+    convention: crate::config::Accrual,
+    submission_month: &str,
+    ended_at: DateTime<Utc>,
+) -> Period {
+    match convention {
+        crate::config::Accrual::Submission => periods
+            .parse(submission_month)
+            .unwrap_or_else(|| periods.containing(ended_at)),
+        crate::config::Accrual::Completion => periods.containing(ended_at),
+    }
+}
+
 /// Maps instants to budget months in one time zone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Periods {
@@ -184,5 +201,41 @@ mod tests {
         let periods = Periods::default();
         assert!(periods.parse("2026-13").is_none());
         assert!(periods.parse("2026-1").is_none());
+    }
+}
+
+#[cfg(test)]
+mod accrual_tests {
+    use super::*;
+    use crate::config::Accrual;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn accrual_boundary_follows_convention() {
+        // Submitted 2026-11-30T23:50Z, so the scheduler's budget month is November;
+        // the provider batch ended 2026-12-01T02:00Z.
+        let utc = Periods::new("UTC").unwrap();
+        let submitted = utc.containing(at("2026-11-30T23:50:00Z")).month;
+        let ended = at("2026-12-01T02:00:00Z");
+        let submission = accrual_period(&utc, Accrual::Submission, &submitted, ended);
+        assert_eq!(submission.month, "2026-11");
+        assert_eq!(submission.start, at("2026-11-01T00:00:00Z"));
+        assert_eq!(submission.end, at("2026-12-01T00:00:00Z"));
+        let completion = accrual_period(&utc, Accrual::Completion, &submitted, ended);
+        assert_eq!(completion.month, "2026-12");
+        assert_eq!(completion.start, at("2026-12-01T00:00:00Z"));
+    }
+
+    #[test]
+    fn completion_month_uses_budget_zone() {
+        // 02:00 UTC on 1 December is still 30 November in New York.
+        let new_york = Periods::new("America/New_York").unwrap();
+        let ended = at("2026-12-01T02:00:00Z");
+        let completion = accrual_period(&new_york, Accrual::Completion, "2026-11", ended);
+        assert_eq!(completion.month, "2026-11");
+        assert_eq!(completion.end, at("2026-12-01T05:00:00Z"));
     }
 }

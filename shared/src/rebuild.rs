@@ -5,9 +5,10 @@
 //!   the configured default.
 //! - Reserved is the estimate of every job accepted for the month that has not
 //!   ended (`job.accepted` without a later `job.completed`, `job.failed` or
-//!   `job.cancelled`); a job held for review keeps its reservation.
-//! - Spent is the billed cost of the ledger records of the jobs that ended,
-//!   one per record id, which is what settlement added.
+//!   `job.cancelled`); a job whose results need review keeps its reservation.
+//! - Spent is the billed cost of the ledger records (corrections included)
+//!   whose accrual month is the month, of jobs that ended, one per record id:
+//!   what settlement and corrections added to that month.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
@@ -52,11 +53,8 @@ pub async fn rebuild_month(
         .iter()
         .map(|record| BilledRecord {
             job_id: record.job_id.clone(),
-            budget_month: if record.budget_month.is_empty() {
-                record.accrual_period.clone()
-            } else {
-                record.budget_month.clone()
-            },
+            team: record.owner_team.clone(),
+            accrual_period: record.accrual_period.clone(),
             billed: record.billed_cost_micros,
         })
         .collect();
@@ -67,8 +65,9 @@ pub async fn rebuild_month(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BilledRecord {
     pub job_id: String,
-    /// Month whose reservation the record settles.
-    pub budget_month: String,
+    pub team: String,
+    /// Month whose budget the cost was added to.
+    pub accrual_period: String,
     pub billed: Micros,
 }
 
@@ -80,6 +79,7 @@ pub fn rebuild_from(
     events: &[Vec<u8>],
     records: &[BilledRecord],
 ) -> Vec<RebuiltBudget> {
+    let mut ended: HashSet<String> = HashSet::new();
     let mut jobs: HashMap<String, JobTrace> = HashMap::new();
     let mut limits: HashMap<String, Micros> = HashMap::new();
     let mut alerts: HashMap<String, HashSet<u32>> = HashMap::new();
@@ -115,17 +115,28 @@ pub fn rebuild_from(
             let trace = jobs.entry(job_id.to_owned()).or_default();
             trace.team = team;
             trace.estimate = Micros(estimate);
-        } else if matches!(name, event::COMPLETED | event::FAILED | event::CANCELLED)
-            && let Some(trace) = jobs.get_mut(job_id)
-        {
-            trace.ended = true;
+        } else if matches!(name, event::COMPLETED | event::FAILED | event::CANCELLED) {
+            ended.insert(job_id.to_owned());
         }
     }
+    for (job_id, trace) in jobs.iter_mut() {
+        trace.ended = ended.contains(job_id);
+    }
 
+    // A settled job's cost is in its records of every month; each record's
+    // cost went to the budget of its own accrual month when the job ended.
     let mut billed: HashMap<String, Micros> = HashMap::new();
-    for record in records.iter().filter(|record| record.budget_month == month) {
+    let mut spent: HashMap<String, Micros> = HashMap::new();
+    for record in records
+        .iter()
+        .filter(|record| ended.contains(&record.job_id))
+    {
         let total = billed.entry(record.job_id.clone()).or_default();
         *total = *total + record.billed;
+        if record.accrual_period == month {
+            let team_spent = spent.entry(record.team.clone()).or_default();
+            *team_spent = *team_spent + record.billed;
+        }
     }
 
     let mut rebuilt = Vec::new();
@@ -150,7 +161,7 @@ pub fn rebuild_from(
         let counters = BudgetCounters {
             limit,
             reserved: reservations.values().copied().sum(),
-            spent: settlements.values().copied().sum(),
+            spent: spent.get(team).copied().unwrap_or_default(),
         };
         let mut alerts_published: Vec<u32> = alerts
             .get(team)

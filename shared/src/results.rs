@@ -199,6 +199,15 @@ impl ResultTotals {
         self.seen.reserve(requests);
     }
 
+    /// Returns every token the requests used, billed or not, both tiers together.
+    pub fn consumed_tokens(&self) -> TokenCounts {
+        let mut tokens = self.tokens_succeeded;
+        tokens.add(&self.tokens_failed);
+        tokens.add(&self.long_context_succeeded);
+        tokens.add(&self.long_context_failed);
+        tokens
+    }
+
     /// Returns the billed usage of both tiers added together, for reports.
     pub fn billed_tokens(&self, price: &PriceEntry) -> TokenCounts {
         self.billed_usage(price).total()

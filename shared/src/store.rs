@@ -74,6 +74,28 @@ end
 return claimed
 "#;
 
+/// Settles a reservation (KEYS 1 to 4: budget, reservations, settlements and
+/// reservation times of the reserving month) and adds each charge to the spent
+/// of its month's budget (KEYS 5 and on, with amounts ARGV 4 and on). A month
+/// without a limit yet gets the default limit ARGV 3. Once per job id.
+const SETTLE_SPLIT_SCRIPT: &str = r#"
+if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then
+  return 0
+end
+local amount = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+if amount ~= 0 then
+  redis.call('HINCRBY', KEYS[1], 'reserved', -amount)
+end
+for index = 5, #KEYS do
+  redis.call('HSETNX', KEYS[index], 'limit', ARGV[3])
+  redis.call('HINCRBY', KEYS[index], 'spent', ARGV[index - 1])
+end
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+return 1
+"#;
+
 const SETTLE_SCRIPT: &str = r#"
 if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then
   return 0
@@ -218,6 +240,7 @@ pub struct Store {
     mark_thresholds: redis::Script,
     claim_thresholds: redis::Script,
     transition: redis::Script,
+    settle_split: redis::Script,
 }
 
 impl Store {
@@ -249,6 +272,7 @@ impl Store {
             mark_thresholds: redis::Script::new(MARK_THRESHOLDS_SCRIPT),
             claim_thresholds: redis::Script::new(CLAIM_THRESHOLDS_SCRIPT),
             transition: redis::Script::new(TRANSITION_SCRIPT),
+            settle_split: redis::Script::new(SETTLE_SPLIT_SCRIPT),
         })
     }
 
@@ -369,6 +393,32 @@ impl Store {
             .arg(actual.0)
             .invoke_async(&mut self.connection.clone())
             .await?;
+        Ok(applied == 1)
+    }
+
+    /// Releases the reservation a job made in `month` and adds each charge to
+    /// the spent of its own month (`charges` lists month and amount), in one
+    /// script. Returns false when the job was already settled.
+    pub async fn settle_split(
+        &self,
+        team: &str,
+        month: &str,
+        job_id: &str,
+        charges: &[(String, Micros)],
+        default_limit: Micros,
+    ) -> Result<bool> {
+        let keys = self.budget_keys(team, month);
+        let total: Micros = charges.iter().map(|(_, amount)| *amount).sum();
+        let mut script = self.settle_split.key(&keys[0]);
+        script.key(&keys[1]).key(&keys[2]).key(&keys[3]);
+        for (charge_month, _) in charges {
+            script.key(&self.budget_keys(team, charge_month)[0]);
+        }
+        script.arg(job_id).arg(total.0).arg(default_limit.0);
+        for (_, amount) in charges {
+            script.arg(amount.0);
+        }
+        let applied: i64 = script.invoke_async(&mut self.connection.clone()).await?;
         Ok(applied == 1)
     }
 

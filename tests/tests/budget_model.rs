@@ -155,7 +155,8 @@ proptest! {
                             if actual > Micros::ZERO {
                                 records.push(BilledRecord {
                                     job_id: job_id.clone(),
-                                    budget_month: "2026-12".into(),
+                                    team: "data-eng".into(),
+                                    accrual_period: "2026-12".into(),
                                     billed: actual,
                                 });
                             }

@@ -114,10 +114,7 @@ async fn job_produces_one_exactly_priced_record() {
         record.requests.failed > 0,
         "a 10 % failure ratio over 300 requests fails some"
     );
-    assert_eq!(
-        record.list_cost_micros - record.discount_micros,
-        record.billed_cost_micros
-    );
+    assert!(record.amounts_add_up(), "{record:?}");
     assert_eq!(record.tokens.input, input_tokens);
     assert_eq!(record.tokens.output, output_tokens);
 

@@ -1,12 +1,12 @@
 //! Accounting for a part whose provider batch ended.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
-use batchgate_shared::config::Accrual;
 use batchgate_shared::journal;
 use batchgate_shared::message::{
-    JobEvent, JobMessage, LEDGER_SCHEMA_VERSION, LedgerRecord, event, month_of,
+    JobEvent, JobMessage, LEDGER_SCHEMA_VERSION, LedgerRecord, event, provider_names,
 };
+use batchgate_shared::period::accrual_period;
 use batchgate_shared::provider::{BatchState, ProviderBatch, ResultSink};
 use batchgate_shared::results::{ResultFormat, ResultTotals};
 use batchgate_shared::{Error, Result};
@@ -212,6 +212,7 @@ impl Worker {
                         record.billed_cost_micros.0.to_string(),
                     ),
                     ("duplicate_result_lines", totals.duplicate_lines.to_string()),
+                    ("accrual_period", record.accrual_period.clone()),
                 ],
             )
             .await?;
@@ -296,7 +297,7 @@ impl Worker {
         totals: &ResultTotals,
     ) -> Result<LedgerRecord> {
         let manifest = &job.manifest;
-        let created_at = batch.created_at.unwrap_or_else(Utc::now);
+        let created_at = batch.created_at.unwrap_or(job.submitted_at);
         let price = self
             .price_at(&manifest.provider, &manifest.model, created_at)
             .ok_or_else(|| {
@@ -312,23 +313,58 @@ impl Worker {
         let tokens = usage.total();
         let cost = price.price_usage(&usage)?;
         let accrual = self.config.accrual;
+        let periods = self.config.periods();
         let submission_month = stored
             .get("month")
             .cloned()
-            .unwrap_or_else(|| month_of(job.submitted_at));
-        let budget_month = submission_month.clone();
-        let accrual_period = match accrual {
-            Accrual::Submission => submission_month,
-            Accrual::Completion => {
-                self.config
-                    .periods()
-                    .containing(batch.ended_at.unwrap_or_else(Utc::now))
-                    .month
-            }
-        };
+            .unwrap_or_else(|| periods.containing(job.submitted_at).month);
+        let ended_at = batch.ended_at.unwrap_or_else(Utc::now);
+        let accrual_period = accrual_period(&periods, accrual, &submission_month, ended_at);
+        // A FOCUS charge period is a non-empty interval.
+        let charge_end = ended_at.max(created_at + chrono::Duration::seconds(1));
+        let (provider_name, service_name) = provider_names(&manifest.provider);
+        let sku_id = format!("{}/{}/batch", manifest.provider, manifest.model);
+        let tags = BTreeMap::from([
+            ("owner_team".to_owned(), manifest.owner_team.clone()),
+            ("cost_center".to_owned(), manifest.cost_center.clone()),
+            ("workload_class".to_owned(), manifest.workload_class.clone()),
+            ("job_id".to_owned(), manifest.job_id.clone()),
+        ]);
+        let requests = &totals.requests;
         Ok(LedgerRecord {
             schema_version: LEDGER_SCHEMA_VERSION,
             record_id: format!("{}:{}", manifest.provider, batch.id),
+            billed_cost_micros: cost.billed,
+            effective_cost_micros: cost.billed,
+            list_cost_micros: cost.list,
+            currency: price.currency.clone(),
+            charge_period_start: created_at,
+            charge_period_end: charge_end,
+            billing_period_start: accrual_period.start,
+            billing_period_end: accrual_period.end,
+            charge_category: "Usage".to_owned(),
+            charge_class: None,
+            charge_description: format!(
+                "{service_name} batch {} ({}), part {} of {total} of job {}: {} requests, {} succeeded",
+                batch.id,
+                manifest.model,
+                index + 1,
+                manifest.job_id,
+                requests.total,
+                requests.succeeded
+            ),
+            consumed_quantity: totals.consumed_tokens().total(),
+            consumed_unit: "Tokens".to_owned(),
+            pricing_quantity: tokens.total(),
+            pricing_unit: "Tokens".to_owned(),
+            service_name: service_name.to_owned(),
+            service_category: "AI and Machine Learning".to_owned(),
+            sku_price_id: format!("{sku_id}/{}", price.effective_from),
+            sku_id,
+            provider_name: provider_name.to_owned(),
+            publisher_name: provider_name.to_owned(),
+            invoice_issuer_name: provider_name.to_owned(),
+            tags,
             job_id: manifest.job_id.clone(),
             owner_team: manifest.owner_team.clone(),
             cost_center: manifest.cost_center.clone(),
@@ -344,17 +380,18 @@ impl Worker {
             requests: totals.requests,
             duplicate_result_lines: totals.duplicate_lines,
             tokens,
-            currency: price.currency.clone(),
-            list_cost_micros: cost.list,
-            discount_micros: cost.discount(),
-            billed_cost_micros: cost.billed,
+            long_context_tokens: usage.long_context,
+            cache_discount_micros: cost.cache_discount,
+            batch_discount_micros: cost.batch_discount(),
             price_effective_from: price.effective_from,
             submitted_at: job.submitted_at,
             provider_completed_at: batch.ended_at,
             recorded_at: Utc::now(),
             accrual_convention: accrual,
-            accrual_period,
-            budget_month,
+            accrual_period: accrual_period.month,
+            budget_month: submission_month,
+            corrects_record_id: None,
+            correction_reason: None,
         })
     }
 }

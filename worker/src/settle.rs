@@ -54,17 +54,35 @@ impl Worker {
             return journal::record(&self.broker, &self.store, &review).await;
         }
 
-        let billed: Micros = parts
-            .iter()
-            .filter_map(|part| {
-                part.get("billed_cost_micros")
-                    .and_then(|micros| micros.parse().ok())
-            })
-            .map(Micros)
-            .sum();
+        // Each part's cost goes to the budget of its accrual month, which under
+        // the completion convention can differ from the month that reserved.
         let month = stored.get("month").cloned().unwrap_or_default();
+        let mut by_month: std::collections::BTreeMap<String, Micros> = Default::default();
+        for part in &parts {
+            let Some(cost) = part
+                .get("billed_cost_micros")
+                .and_then(|micros| micros.parse().ok())
+            else {
+                continue;
+            };
+            let accrual = part.get("accrual_period").unwrap_or(&month).clone();
+            let sum = by_month.entry(accrual).or_default();
+            *sum = *sum + Micros(cost);
+        }
+        let billed: Micros = by_month.values().copied().sum();
+        let charges: Vec<(String, Micros)> = by_month.into_iter().collect();
+        let default_limit = self
+            .config
+            .team_budget(&manifest.owner_team)
+            .unwrap_or_default();
         self.store
-            .settle(&manifest.owner_team, &month, job_id, billed)
+            .settle_split(
+                &manifest.owner_team,
+                &month,
+                job_id,
+                &charges,
+                default_limit,
+            )
             .await?;
 
         let (state, name, message) = if stored.contains_key("cancel_requested") {
