@@ -1,4 +1,5 @@
-//! `batchgate ledger`: replay the ledger stream for one accrual month.
+//! `batchgate ledger`: replay the ledger stream for one accrual month, export
+//! it, or correct it after a price change.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -6,22 +7,50 @@ use std::time::Duration;
 
 use batchgate_shared::broker::Broker;
 use batchgate_shared::config::Config;
-use batchgate_shared::message::LedgerRecord;
+use batchgate_shared::message::{LEDGER_SCHEMA_VERSION, LedgerRecord};
 use batchgate_shared::money::Micros;
 use batchgate_shared::replay::ledger_records;
 use serde::Serialize;
 
 use crate::Failure;
+use crate::export::{self, ExportFormat};
 use crate::status::print_output;
 
 #[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct LedgerArguments {
+    #[command(subcommand)]
+    command: Option<LedgerCommand>,
     /// Accrual month, `YYYY-MM`.
-    #[arg(long)]
-    month: String,
+    #[arg(long, required = true)]
+    month: Option<String>,
     /// Print JSON instead of tables.
     #[arg(long)]
     json: bool,
+    /// Milliseconds without a new message after which the replay ends.
+    #[arg(long, default_value_t = 2000)]
+    idle_ms: u64,
+}
+
+#[derive(clap::Subcommand)]
+enum LedgerCommand {
+    /// Write a month's records, corrections included, as FOCUS CSV, CSV or JSON lines.
+    Export(ExportArguments),
+    /// Price a month's records again with the current price table and publish a
+    /// correction record for each whose cost changed.
+    Reprice(crate::reprice::RepriceArguments),
+}
+
+#[derive(clap::Args)]
+struct ExportArguments {
+    /// Accrual month, `YYYY-MM`.
+    #[arg(long)]
+    month: String,
+    #[arg(long, value_enum, default_value = "focus-csv")]
+    format: ExportFormat,
+    /// File to write; standard output by default.
+    #[arg(long)]
+    output: Option<std::path::PathBuf>,
     /// Milliseconds without a new message after which the replay ends.
     #[arg(long, default_value_t = 2000)]
     idle_ms: u64,
@@ -41,30 +70,46 @@ pub struct TeamTotal {
     pub billed_cost_micros: Micros,
 }
 
-pub async fn run(config: &Config, arguments: LedgerArguments) -> Result<ExitCode, Failure> {
-    check_month(&arguments.month)?;
+/// Replays the ledger and returns the records, corrections included, whose
+/// accrual month is `month`.
+pub async fn month_records(
+    config: &Config,
+    month: &str,
+    idle_ms: u64,
+) -> Result<Vec<LedgerRecord>, Failure> {
+    check_month(month)?;
     let broker = Broker::connect(&config.broker, "batchgate-ledger").await?;
     broker
         .declare_topology(&[config.worker.poll_interval_secs])
         .await?;
-    let (records, unreadable) =
-        ledger_records(&broker, Duration::from_millis(arguments.idle_ms)).await?;
+    let (records, unreadable) = ledger_records(&broker, Duration::from_millis(idle_ms)).await?;
     broker.close().await;
-    let records: Vec<LedgerRecord> = records
-        .into_iter()
-        .filter(|record| record.accrual_period == arguments.month)
-        .collect();
-    let totals = team_totals(&records);
-    let total_billed: Micros = totals.iter().map(|total| total.billed_cost_micros).sum();
     if unreadable > 0 {
         eprintln!(
-            "warning: {unreadable} messages in the ledger stream are not ledger records and were skipped"
+            "warning: {unreadable} messages in the ledger stream are not ledger records of schema version \
+             {LEDGER_SCHEMA_VERSION} and were skipped"
         );
     }
+    Ok(records
+        .into_iter()
+        .filter(|record| record.accrual_period == month)
+        .collect())
+}
+
+pub async fn run(config: &Config, arguments: LedgerArguments) -> Result<ExitCode, Failure> {
+    match arguments.command {
+        Some(LedgerCommand::Export(export)) => return run_export(config, export).await,
+        Some(LedgerCommand::Reprice(reprice)) => return crate::reprice::run(config, reprice).await,
+        None => {}
+    }
+    let month = arguments.month.unwrap_or_default();
+    let records = month_records(config, &month, arguments.idle_ms).await?;
+    let totals = team_totals(&records);
+    let total_billed: Micros = totals.iter().map(|total| total.billed_cost_micros).sum();
 
     if arguments.json {
         let output = serde_json::json!({
-            "month": arguments.month,
+            "month": month,
             "records": records,
             "totals": totals,
             "total_billed_cost_micros": total_billed,
@@ -72,7 +117,37 @@ pub async fn run(config: &Config, arguments: LedgerArguments) -> Result<ExitCode
         print_output(&format!("{}\n", serde_json::to_string_pretty(&output)?));
         return Ok(ExitCode::SUCCESS);
     }
-    print_output(&ledger_text(&arguments.month, &records, &totals));
+    print_output(&ledger_text(&month, &records, &totals));
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_export(config: &Config, arguments: ExportArguments) -> Result<ExitCode, Failure> {
+    let records = month_records(config, &arguments.month, arguments.idle_ms).await?;
+    match &arguments.output {
+        Some(path) => {
+            let file = std::fs::File::create(path).map_err(|error| {
+                Failure::Invalid(format!("cannot write {}: {error}", path.display()))
+            })?;
+            let mut out = std::io::BufWriter::new(file);
+            export::write(&records, arguments.format, &mut out)?;
+            std::io::Write::flush(&mut out)?;
+            let total: Micros = records.iter().map(|record| record.billed_cost_micros).sum();
+            eprintln!(
+                "wrote {} records of {} to {} (BilledCost total {total})",
+                records.len(),
+                arguments.month,
+                path.display()
+            );
+        }
+        None => {
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            match export::write(&records, arguments.format, &mut out) {
+                Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => {}
+                other => other?,
+            }
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

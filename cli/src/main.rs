@@ -8,7 +8,9 @@
 mod budget;
 mod cancel;
 mod cost;
+mod export;
 mod ledger;
+mod reprice;
 mod review;
 mod status;
 mod submit;

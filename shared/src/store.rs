@@ -96,6 +96,18 @@ redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
 return 1
 "#;
 
+/// Adds a correction's billed difference (ARGV 2) to a month's spent
+/// (KEYS 1), once per correction record id (ARGV 1, remembered in KEYS 2). A
+/// month without a limit yet gets the default limit ARGV 3.
+const APPLY_CORRECTION_SCRIPT: &str = r#"
+if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then
+  return 0
+end
+redis.call('HSETNX', KEYS[1], 'limit', ARGV[3])
+redis.call('HINCRBY', KEYS[1], 'spent', ARGV[2])
+return 1
+"#;
+
 const SETTLE_SCRIPT: &str = r#"
 if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then
   return 0
@@ -241,6 +253,7 @@ pub struct Store {
     claim_thresholds: redis::Script,
     transition: redis::Script,
     settle_split: redis::Script,
+    apply_correction: redis::Script,
 }
 
 impl Store {
@@ -273,6 +286,7 @@ impl Store {
             claim_thresholds: redis::Script::new(CLAIM_THRESHOLDS_SCRIPT),
             transition: redis::Script::new(TRANSITION_SCRIPT),
             settle_split: redis::Script::new(SETTLE_SPLIT_SCRIPT),
+            apply_correction: redis::Script::new(APPLY_CORRECTION_SCRIPT),
         })
     }
 
@@ -419,6 +433,28 @@ impl Store {
             script.arg(amount.0);
         }
         let applied: i64 = script.invoke_async(&mut self.connection.clone()).await?;
+        Ok(applied == 1)
+    }
+
+    /// Adds a correction record's billed difference to the spent of its
+    /// accrual month, once per record id. Returns false when it was applied before.
+    pub async fn apply_correction(
+        &self,
+        team: &str,
+        month: &str,
+        record_id: &str,
+        difference: Micros,
+        default_limit: Micros,
+    ) -> Result<bool> {
+        let applied: i64 = self
+            .apply_correction
+            .key(&self.budget_keys(team, month)[0])
+            .key(format!("{}:corrections:{{{team}}}:{month}", self.prefix))
+            .arg(record_id)
+            .arg(difference.0)
+            .arg(default_limit.0)
+            .invoke_async(&mut self.connection.clone())
+            .await?;
         Ok(applied == 1)
     }
 
