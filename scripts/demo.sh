@@ -77,8 +77,15 @@ step "Submitting catalog-enrichment (data-eng, 2,000 chat requests)"
 step "Submitting package-embeddings (search, 5,000 embedding requests)"
 "$bin/batchgate" submit --manifest demo/package-embeddings.toml --input "$samples/package-embeddings.openai.jsonl"
 "$bin/batchgate" wait demo-package-embeddings --timeout-secs 60 >/dev/null
-step "Submitting docstring-review (ml-eval, 457 Anthropic requests)"
+step "Submitting docstring-review (ml-eval, 457 Anthropic requests, above ml-eval's review threshold)"
 "$bin/batchgate" submit --manifest demo/docstring-review.toml --input "$samples/docstring-review.anthropic.jsonl"
+for _ in $(seq 1 50); do
+  "$bin/batchgate" review list --json | grep -q demo-docstring-review && break
+  sleep 0.2
+done
+"$bin/batchgate" review list
+step "Approving docstring-review"
+"$bin/batchgate" review approve demo-docstring-review --by demo-lead --note "within the sprint plan"
 step "Submitting catalog-enrichment-full (data-eng, 63,697 chat requests, gzip)"
 "$bin/batchgate" submit --manifest demo/catalog-enrichment-full.toml --input "$samples/catalog-enrichment-full.openai.jsonl.gz"
 step "Submitting a search job larger than its budget"

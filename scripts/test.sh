@@ -13,6 +13,10 @@ if ! python3 -c 'import pika' 2>/dev/null; then
   echo "Installing the Python AMQP client pika for the contract test" >&2
   python3 -m pip install --quiet --disable-pip-version-check pika
 fi
+if ! python3 -c 'import jsonschema' 2>/dev/null; then
+  echo "Installing the Python package jsonschema for the ledger export test" >&2
+  python3 -m pip install --quiet --disable-pip-version-check jsonschema
+fi
 
 vhost="batchgate-test-$(date +%s)-$$"
 rabbitmqctl -q add_vhost "$vhost" >/dev/null
