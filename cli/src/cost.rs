@@ -180,6 +180,7 @@ fn detect_model(
     files: &[PathBuf],
     format: ResultFormat,
 ) -> Result<String, Failure> {
+    use batchgate_shared::results::open_result_file;
     use std::io::BufRead;
     let pointer = match format {
         ResultFormat::OpenAi => "/response/body/model",
@@ -187,7 +188,7 @@ fn detect_model(
     };
     let mut named = None;
     'files: for path in files {
-        let file = std::fs::File::open(path).map_err(|error| {
+        let file = open_result_file(path).map_err(|error| {
             Failure::Invalid(format!("cannot read {}: {error}", path.display()))
         })?;
         for line in std::io::BufReader::new(file).lines().take(1000) {
@@ -202,9 +203,10 @@ fn detect_model(
         }
     }
     let Some(named) = named else {
-        return Err(Failure::Invalid(
-            "no result line in the first 1000 of each file names a model; pass --model".into(),
-        ));
+        return Err(Failure::Invalid(format!(
+            "no result line in the first 1000 of each file names a model at {pointer}, where {provider} \
+             results have it; check --provider, or pass --model"
+        )));
     };
     table
         .entries

@@ -46,12 +46,13 @@ pub const FOCUS_COLUMNS: [&str; 23] = [
 ];
 
 /// Batchgate's own columns of the FOCUS export, after the FOCUS ones.
-const EXTRA_COLUMNS: [&str; 31] = [
+const EXTRA_COLUMNS: [&str; 38] = [
     "x_RecordId",
     "x_JobId",
     "x_OwnerTeam",
     "x_CostCenter",
     "x_WorkloadClass",
+    "x_Purpose",
     "x_Provider",
     "x_Model",
     "x_Endpoint",
@@ -62,20 +63,26 @@ const EXTRA_COLUMNS: [&str; 31] = [
     "x_RequestsTotal",
     "x_RequestsSucceeded",
     "x_RequestsFailed",
+    "x_RequestsFailedRetryable",
     "x_RequestsExpired",
     "x_RequestsCancelled",
+    "x_DuplicateResultLines",
     "x_InputTokens",
     "x_CachedInputTokens",
     "x_CacheWriteTokens",
     "x_CacheWrite1hTokens",
     "x_OutputTokens",
+    "x_LongContextPromptTokens",
+    "x_LongContextOutputTokens",
     "x_CacheDiscount",
     "x_BatchDiscount",
     "x_PriceEffectiveFrom",
     "x_AccrualConvention",
     "x_AccrualPeriod",
+    "x_BudgetMonth",
     "x_SubmittedAt",
     "x_CompletedAt",
+    "x_RecordedAt",
     "x_CorrectsRecordId",
     "x_CorrectionReason",
 ];
@@ -121,6 +128,7 @@ fn focus_row(record: &LedgerRecord) -> Vec<String> {
         record.owner_team.clone(),
         record.cost_center.clone(),
         record.workload_class.clone(),
+        record.purpose.clone(),
         record.provider.clone(),
         record.model.clone(),
         record.endpoint.clone(),
@@ -131,24 +139,30 @@ fn focus_row(record: &LedgerRecord) -> Vec<String> {
         requests.total.to_string(),
         requests.succeeded.to_string(),
         requests.failed.to_string(),
+        requests.failed_retryable.to_string(),
         requests.expired.to_string(),
         requests.cancelled.to_string(),
+        record.duplicate_result_lines.to_string(),
         tokens.input.to_string(),
         tokens.cached_input.to_string(),
         tokens.cache_write.to_string(),
         tokens.cache_write_1h.to_string(),
         tokens.output.to_string(),
+        record.long_context_tokens.prompt().to_string(),
+        record.long_context_tokens.output.to_string(),
         money(record.cache_discount_micros),
         money(record.batch_discount_micros),
         record.price_effective_from.to_string(),
         record.accrual_convention.as_str().to_owned(),
         record.accrual_period.clone(),
+        record.budget_month.clone(),
         utc(&record.submitted_at),
         record
             .provider_completed_at
             .as_ref()
             .map(utc)
             .unwrap_or_default(),
+        utc(&record.recorded_at),
         record.corrects_record_id.clone().unwrap_or_default(),
         record.correction_reason.clone().unwrap_or_default(),
     ]
@@ -234,4 +248,20 @@ pub fn write(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn focus_rows_match_header() {
+        let text = include_str!("../../tests/fixtures/ledger-record.v2.json");
+        let record: LedgerRecord = serde_json::from_str(text).unwrap();
+        assert_eq!(
+            focus_row(&record).len(),
+            FOCUS_COLUMNS.len() + EXTRA_COLUMNS.len()
+        );
+        assert_eq!(plain_row(&record).len(), PLAIN_COLUMNS.len());
+    }
 }

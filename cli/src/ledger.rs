@@ -172,7 +172,11 @@ fn ledger_text(month: &str, records: &[LedgerRecord], totals: &[TeamTotal]) -> S
             record.job_id,
             record.owner_team,
             record.provider_batch_id,
-            format!("{}/{}", record.part_index + 1, record.parts_total),
+            if record.charge_class.is_some() {
+                "corr.".to_owned()
+            } else {
+                format!("{}/{}", record.part_index + 1, record.parts_total)
+            },
             record.requests.succeeded,
             record.requests.failed,
             record.billed_cost_micros

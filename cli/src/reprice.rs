@@ -4,8 +4,9 @@
 //! Each usage record is priced again with the entry in force when its batch
 //! ran. When the result differs from the record plus the corrections already
 //! published for it, a correction record (ChargeClass `Correction`) carries
-//! the difference. Its id is derived from the original and the new amounts,
-//! so running the command again publishes nothing new.
+//! the difference. Its id is derived from the original and from the amounts
+//! before and after it, so running the command again publishes nothing new,
+//! and a price changed and then changed back gets a correction each time.
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -144,14 +145,12 @@ pub async fn run(config: &Config, arguments: RepriceArguments) -> Result<ExitCod
             continue;
         }
         let difference = target.minus(current);
+        // The amounts before the correction are part of the id, so that a price
+        // changed and then changed back gets a new correction, not a repeated id.
         let fingerprint = xxhash_rust::xxh3::xxh3_64(
             format!(
-                "{}:{}:{}:{}:{}",
-                record.record_id,
-                target.list.0,
-                target.cache_discount.0,
-                target.billed.0,
-                price.effective_from
+                "{}:{current:?}:{target:?}:{}",
+                record.record_id, price.effective_from
             )
             .as_bytes(),
         );

@@ -27,17 +27,22 @@ pub struct SubmitArguments {
 }
 
 pub async fn run(config: &Config, arguments: SubmitArguments) -> Result<ExitCode, Failure> {
-    let job = prepare(config, &arguments)?;
-    // The scheduler rejects a reused job id in any case. Checking here as well turns
-    // the common mistake into an immediate error instead of a later rejection event.
+    // The scheduler rejects a reused job id in any case. Checking here first turns
+    // the common mistake into an immediate error, before the input is read.
     let store = Store::connect(&config.redis).await?;
-    let existing = store.job(&job.manifest.job_id).await?;
-    if let Some(state) = existing.get("state") {
-        return Err(Failure::Invalid(format!(
-            "job id {} is already used (state {state}); every job needs a new job id",
-            job.manifest.job_id
-        )));
+    let manifest = std::fs::read_to_string(&arguments.manifest)
+        .ok()
+        .and_then(|text| Manifest::parse(&text).ok());
+    if let Some(manifest) = manifest {
+        let existing = store.job(&manifest.job_id).await?;
+        if let Some(state) = existing.get("state") {
+            return Err(Failure::Invalid(format!(
+                "job id {} is already used (state {state}); every job needs a new job id",
+                manifest.job_id
+            )));
+        }
     }
+    let job = prepare(config, &arguments)?;
     let broker = Broker::connect(&config.broker, "batchgate-submit").await?;
     broker
         .declare_topology(&[config.worker.poll_interval_secs])
@@ -96,10 +101,15 @@ fn prepare(config: &Config, arguments: &SubmitArguments) -> Result<JobMessage, F
         None => None,
     };
     eprintln!(
-        "validated {}: {} requests in {} provider batches, {} bytes, {} prompt tokens; estimated batch cost {}",
+        "validated {}: {} requests in {} provider {}, {} bytes, {} prompt tokens; estimated batch cost {}",
         input.display(),
         summary.requests,
         summary.parts.len(),
+        if summary.parts.len() == 1 {
+            "batch"
+        } else {
+            "batches"
+        },
         summary.bytes,
         summary.input_tokens,
         match estimate {

@@ -7,7 +7,7 @@ use batchgate_shared::journal;
 use batchgate_shared::manifest::check_job_id;
 use batchgate_shared::message::{JOB_SCHEMA_VERSION, JobEvent, JobMessage, event};
 use batchgate_shared::money::Micros;
-use batchgate_shared::pricing::{PriceEntry, PriceTable};
+use batchgate_shared::pricing::PriceEntry;
 use batchgate_shared::review::hold_reasons;
 use batchgate_shared::store::{Claim, Reservation};
 use batchgate_shared::{Error, Result};
@@ -198,20 +198,9 @@ impl Scheduler {
         self.reserve_and_forward(job, body, &evaluation).await
     }
 
-    /// Returns the price entry of a model, reading the price table file again
-    /// when the loaded table lacks it, so that a price added for a held job is
-    /// used without a restart.
+    /// Returns the newest price entry of a model from the current price table.
     pub(crate) fn price_for(&self, provider: &str, model: &str) -> Option<PriceEntry> {
-        if let Some(price) = self.prices.latest(provider, model) {
-            return Some(price.clone());
-        }
-        match PriceTable::load(&self.config.price_table) {
-            Ok(table) => table.latest(provider, model).cloned(),
-            Err(error) => {
-                tracing::warn!(error = %error, path = %self.config.price_table.display(), "Failed to read the price table again");
-                None
-            }
-        }
+        self.prices.current().latest(provider, model).cloned()
     }
 
     /// Validates the input file and estimates the job's cost. The inner `Err`

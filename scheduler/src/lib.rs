@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use batchgate_shared::broker::Broker;
 use batchgate_shared::config::Config;
-use batchgate_shared::pricing::PriceTable;
+use batchgate_shared::pricing::PriceBook;
 use batchgate_shared::store::Store;
 use batchgate_shared::{Error, Result};
 use futures::StreamExt;
@@ -35,7 +35,7 @@ pub struct Scheduler {
     /// Source of the current time; tests replace it to cross a month boundary.
     pub clock: fn() -> chrono::DateTime<chrono::Utc>,
     pub config: Arc<Config>,
-    pub prices: Arc<PriceTable>,
+    pub prices: Arc<PriceBook>,
     pub broker: Broker,
     pub store: Store,
 }
@@ -43,7 +43,7 @@ pub struct Scheduler {
 impl Scheduler {
     /// Connects to the broker and Redis and declares the topology.
     pub async fn connect(config: Config) -> Result<Scheduler> {
-        let prices = PriceTable::load(&config.price_table)?;
+        let prices = PriceBook::load(&config.price_table)?;
         let broker = Broker::connect(&config.broker, "batchgate-scheduler").await?;
         let store = Store::connect(&config.redis).await?;
         broker

@@ -148,6 +148,10 @@ impl Scheduler {
                         self.config.price_table.display()
                     );
                     tracing::info!(message, "Approval not applied: the model has no price");
+                    let mut not_applied =
+                        JobEvent::new(event::REVIEW_NOT_APPLIED, job_id, &team, message.clone());
+                    not_applied.detail = detail;
+                    journal::record(&self.broker, &self.store, &not_applied).await?;
                     (OutcomeKind::StillHeld, message)
                 }
                 evaluated => {

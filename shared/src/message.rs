@@ -132,6 +132,8 @@ pub mod event {
     pub const HELD: &str = "job.held";
     pub const REVIEW_APPROVED: &str = "job.review_approved";
     pub const REVIEW_REJECTED: &str = "job.review_rejected";
+    /// An approval that could not be applied, so the job stays held.
+    pub const REVIEW_NOT_APPLIED: &str = "job.review_not_applied";
     pub const BATCH_CREATED: &str = "job.batch_created";
     pub const BATCH_ENDED: &str = "job.batch_ended";
     pub const PART_DEFERRED: &str = "job.part_deferred";

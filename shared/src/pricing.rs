@@ -161,6 +161,60 @@ impl Cost {
     }
 }
 
+/// The price table file as the services use it: read again whenever its
+/// modification time or size changes, so that a new dated entry or a price
+/// for a held job's model applies without a restart.
+pub struct PriceBook {
+    path: std::path::PathBuf,
+    loaded: std::sync::Mutex<LoadedTable>,
+}
+
+/// The file stamp a table was read at, and the table.
+type LoadedTable = (
+    Option<(std::time::SystemTime, u64)>,
+    std::sync::Arc<PriceTable>,
+);
+
+impl PriceBook {
+    pub fn load(path: &Path) -> Result<PriceBook> {
+        let stamp = file_stamp(path);
+        let table = PriceTable::load(path)?;
+        Ok(PriceBook {
+            path: path.to_owned(),
+            loaded: std::sync::Mutex::new((stamp, std::sync::Arc::new(table))),
+        })
+    }
+
+    /// Returns the current table. A file that changed is read again; one that
+    /// no longer reads or parses keeps the previous table, with a warning.
+    pub fn current(&self) -> std::sync::Arc<PriceTable> {
+        let stamp = file_stamp(&self.path);
+        let mut loaded = self
+            .loaded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if stamp.is_some() && stamp != loaded.0 {
+            match PriceTable::load(&self.path) {
+                Ok(table) => {
+                    tracing::info!(path = %self.path.display(), "Price table read again after a change");
+                    *loaded = (stamp, std::sync::Arc::new(table));
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error, path = %self.path.display(), "Changed price table is invalid; keeping the previous one");
+                    loaded.0 = stamp;
+                }
+            }
+        }
+        std::sync::Arc::clone(&loaded.1)
+    }
+}
+
+/// Returns a file's modification time and size, or `None` when it cannot be read.
+fn file_stamp(path: &Path) -> Option<(std::time::SystemTime, u64)> {
+    let metadata = std::fs::metadata(path).ok()?;
+    Some((metadata.modified().ok()?, metadata.len()))
+}
+
 impl PriceTable {
     pub fn load(path: &Path) -> Result<PriceTable> {
         let text = std::fs::read_to_string(path).map_err(|error| {
@@ -512,5 +566,29 @@ mod breakdown_tests {
         // The estimate prices long-context requests the same way, rounded up.
         let estimate = entry.estimate_tiers(0, 0, (310_000, 1_000)).unwrap();
         assert_eq!(estimate, Micros(31_375));
+    }
+}
+
+#[cfg(test)]
+mod book_tests {
+    use super::*;
+
+    #[test]
+    fn changed_file_is_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("prices.toml");
+        let shipped = include_str!("../../config/prices.toml");
+        std::fs::write(&path, shipped).unwrap();
+        let book = PriceBook::load(&path).unwrap();
+        assert!(book.current().latest("openai", "gpt-7").is_none());
+
+        let added = "\n[[price]]\nprovider = \"openai\"\nmodel = \"gpt-7\"\neffective_from = \"2026-12-01\"\n\
+                     currency = \"USD\"\nsource = \"test\"\nstandard = { input = \"1\" }\nbatch = { input = \"0.5\" }\n";
+        std::fs::write(&path, format!("{shipped}{added}")).unwrap();
+        assert!(book.current().latest("openai", "gpt-7").is_some());
+
+        // An invalid edit keeps the table that was read last.
+        std::fs::write(&path, "schema_version = ").unwrap();
+        assert!(book.current().latest("openai", "gpt-7").is_some());
     }
 }

@@ -20,7 +20,7 @@ use serde_json::Value;
 
 mod files;
 
-pub use files::{FileError, account_files};
+pub use files::{FileError, account_files, open as open_result_file};
 
 use crate::message::RequestCounts;
 use crate::pricing::{PriceEntry, TokenCounts, Usage};
@@ -281,6 +281,10 @@ impl ResultTotals {
     }
 }
 
+/// Problem of a line with neither a response nor an error, for example an
+/// Anthropic result read as an OpenAI one.
+const NOT_OPENAI: &str = "result line has neither a response nor an error object, so it is not an OpenAI batch result line";
+
 /// Reads an OpenAI line with the typed structs, or as a JSON value when the
 /// typed read rejects its shape (for example a body that is not an object).
 fn parse_openai(line: &[u8]) -> Result<(u128, Outcome), String> {
@@ -288,6 +292,7 @@ fn parse_openai(line: &[u8]) -> Result<(u128, Outcome), String> {
         Ok(parsed) => {
             let custom_id = parsed.custom_id.ok_or("result line has no custom_id")?;
             let outcome = match parsed.response {
+                None if parsed.error.is_none() => return Err(NOT_OPENAI.to_owned()),
                 Some(response) => {
                     let usage = response
                         .body
@@ -333,10 +338,12 @@ fn parse_openai_value(line: &[u8]) -> Result<(u128, Outcome), String> {
         .get("custom_id")
         .and_then(Value::as_str)
         .ok_or("result line has no custom_id")?;
+    let no_error = parsed.get("error").is_none_or(Value::is_null);
     let outcome = match parsed
         .get("response")
         .filter(|response| !response.is_null())
     {
+        None if no_error => return Err(NOT_OPENAI.to_owned()),
         Some(response) => {
             let status = response
                 .get("status_code")

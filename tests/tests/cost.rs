@@ -103,6 +103,35 @@ async fn cost_matches_worker_record() {
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["model"], "gpt-6-luna");
 
+    // A gzip-compressed output file gives the same totals, model included.
+    let gzipped = std::process::Command::new("gzip")
+        .args(["--keep", "--force", &files[0]])
+        .status()
+        .unwrap();
+    assert!(gzipped.success());
+    let gzip_path = format!("{}.gz", files[0]);
+    let mut compressed = vec!["cost", "--provider", "openai", "--json", "--at", &day];
+    compressed.extend([gzip_path.as_str(), files[1].as_str()]);
+    let output = env.cli(&compressed);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["billed_cost"], record.billed_cost_micros.to_string());
+
+    // Results read with the other provider's layout are an error, not a zero bill.
+    let wrong = env.cli(&[
+        "cost",
+        "--provider",
+        "anthropic",
+        "--model",
+        "claude-haiku-4-5",
+        &files[0],
+    ]);
+    assert_eq!(wrong.status.code(), Some(2));
+
     // A damaged file is named with its line.
     let damaged = env.dir.path().join("damaged.jsonl");
     std::fs::write(&damaged, "{\"custom_id\": \"a\"\n").unwrap();

@@ -266,25 +266,14 @@ impl Worker {
         self.finish_job_if_ended(job).await
     }
 
-    /// Returns the price entry in force at `at`, reading the price table file
-    /// again when the loaded table has none, so that a price added for a job
-    /// approved in review is used without a restart.
+    /// Returns the price entry in force at `at` from the current price table.
     fn price_at(
         &self,
         provider: &str,
         model: &str,
         at: chrono::DateTime<Utc>,
     ) -> Option<batchgate_shared::pricing::PriceEntry> {
-        if let Some(price) = self.prices.lookup(provider, model, at) {
-            return Some(price.clone());
-        }
-        match batchgate_shared::pricing::PriceTable::load(&self.config.price_table) {
-            Ok(table) => table.lookup(provider, model, at).cloned(),
-            Err(error) => {
-                tracing::warn!(error = %error, path = %self.config.price_table.display(), "Failed to read the price table again");
-                None
-            }
-        }
+        self.prices.current().lookup(provider, model, at).cloned()
     }
 
     fn ledger_record(

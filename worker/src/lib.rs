@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use batchgate_shared::broker::Broker;
 use batchgate_shared::config::Config;
-use batchgate_shared::pricing::PriceTable;
+use batchgate_shared::pricing::PriceBook;
 use batchgate_shared::provider::{Provider, clients_from_env};
 use batchgate_shared::store::Store;
 use batchgate_shared::{Error, Result};
@@ -45,7 +45,7 @@ pub struct ProviderSlot {
 /// Shared state of one worker process.
 pub struct Worker {
     pub config: Arc<Config>,
-    pub prices: Arc<PriceTable>,
+    pub prices: Arc<PriceBook>,
     pub broker: Broker,
     pub store: Store,
     pub providers: HashMap<String, ProviderSlot>,
@@ -75,7 +75,7 @@ impl Worker {
         config: Config,
         clients: Vec<(String, Arc<dyn Provider>)>,
     ) -> Result<Arc<Worker>> {
-        let prices = PriceTable::load(&config.price_table)?;
+        let prices = PriceBook::load(&config.price_table)?;
         let broker = Broker::connect(&config.broker, "batchgate-worker").await?;
         let store = Store::connect(&config.redis).await?;
         broker

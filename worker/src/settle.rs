@@ -107,10 +107,14 @@ impl Worker {
             (
                 "completed",
                 event::COMPLETED,
-                format!(
-                    "all {} parts ended; billed {billed} USD in total",
-                    parts.len()
-                ),
+                if parts.len() == 1 {
+                    format!("the provider batch ended; billed {billed} USD")
+                } else {
+                    format!(
+                        "all {} parts ended; billed {billed} USD in total",
+                        parts.len()
+                    )
+                },
             )
         };
         let mut fields = vec![

@@ -173,8 +173,8 @@ fn read_blocks(paths: &[PathBuf], senders: &[SyncSender<Arc<Block>>]) -> Result<
     Ok(())
 }
 
-/// Opens a file, decompressing it when it starts with the gzip magic bytes.
-fn open(path: &Path) -> std::io::Result<Box<dyn Read + Send>> {
+/// Opens a result file, decompressing it when it starts with the gzip magic bytes.
+pub fn open(path: &Path) -> std::io::Result<Box<dyn Read + Send>> {
     let mut file = std::fs::File::open(path)?;
     let mut magic = [0u8; 2];
     let peeked = read_full(&mut file, &mut magic)?;

@@ -268,3 +268,15 @@ fn long_prompts_go_to_the_long_context_tier() {
     assert_eq!(totals.long_context_succeeded.input, 700);
     assert_eq!(totals.long_context_succeeded.cached_input, 400);
 }
+
+#[test]
+fn anthropic_lines_are_not_openai_lines() {
+    let mut totals = ResultTotals::new(ResultFormat::OpenAi);
+    let anthropic = br#"{"custom_id":"a","result":{"type":"succeeded","message":{"usage":{"input_tokens":3,"output_tokens":1}}}}"#;
+    let error = totals.add_line(anthropic).unwrap_err();
+    assert!(error.contains("not an OpenAI batch result line"), "{error}");
+    // An error-file line has no response but an error object, and stays valid.
+    let expired = br#"{"custom_id":"b","response":null,"error":{"code":"batch_expired"}}"#;
+    totals.add_line(expired).unwrap();
+    assert_eq!(totals.requests.expired, 1);
+}
