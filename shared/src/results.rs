@@ -208,15 +208,16 @@ impl ResultTotals {
         tokens
     }
 
-    /// Returns the billed usage of both tiers added together, for reports.
-    pub fn billed_tokens(&self, price: &PriceEntry) -> TokenCounts {
-        self.billed_usage(price).total()
-    }
-
     /// Adds the totals of a later file of the same batch, read with
     /// [`ResultTotals::add_line_after`] so that it repeats no `custom_id`.
     pub fn merge(&mut self, other: ResultTotals) {
+        self.add_counts(&other);
         self.seen.extend(other.seen);
+    }
+
+    /// Adds the request, token and duplicate counts of `other`, but not its
+    /// `custom_id`s, for totals that share none.
+    pub fn add_counts(&mut self, other: &ResultTotals) {
         self.requests.add(&other.requests);
         self.tokens_succeeded.add(&other.tokens_succeeded);
         self.tokens_failed.add(&other.tokens_failed);
@@ -421,7 +422,7 @@ fn anthropic_outcome(kind: &str, usage: TokenCounts, error: &Value) -> Result<Ou
 }
 
 impl OpenAiUsage {
-    /// Normalises as [`openai_usage`] does.
+    /// Returns the token classes, each counted once. See [`openai_usage`].
     fn tokens(&self) -> TokenCounts {
         if let Some(input) = self.input_tokens {
             let cached = self
@@ -457,7 +458,7 @@ impl OpenAiUsage {
 }
 
 impl AnthropicUsage {
-    /// Normalises as [`anthropic_usage`] does.
+    /// Returns the token classes, each counted once. See [`anthropic_usage`].
     fn tokens(&self) -> TokenCounts {
         let (write_5m, write_1h) = match &self.cache_creation {
             Some(breakdown) => (
@@ -483,32 +484,10 @@ impl AnthropicUsage {
 /// subtracted from the plain input. Reasoning tokens are already inside the
 /// output count. Embeddings report `prompt_tokens` only.
 pub fn openai_usage(body: &Value) -> TokenCounts {
-    let Some(usage) = body.get("usage") else {
-        return TokenCounts::default();
-    };
-    let number = |value: Option<&Value>| value.and_then(Value::as_u64).unwrap_or(0);
-    if usage.get("input_tokens").is_some() {
-        let details = usage.get("input_tokens_details");
-        let input = number(usage.get("input_tokens"));
-        let cached = number(details.and_then(|d| d.get("cached_tokens")));
-        return TokenCounts {
-            input: input.saturating_sub(cached),
-            cached_input: cached,
-            output: number(usage.get("output_tokens")),
-            ..TokenCounts::default()
-        };
-    }
-    let details = usage.get("prompt_tokens_details");
-    let prompt = number(usage.get("prompt_tokens"));
-    let cached = number(details.and_then(|d| d.get("cached_tokens")));
-    let cache_write = number(details.and_then(|d| d.get("cache_write_tokens")));
-    TokenCounts {
-        input: prompt.saturating_sub(cached + cache_write),
-        cached_input: cached,
-        cache_write,
-        output: number(usage.get("completion_tokens")),
-        ..TokenCounts::default()
-    }
+    body.get("usage")
+        .and_then(|usage| OpenAiUsage::deserialize(usage).ok())
+        .unwrap_or_default()
+        .tokens()
 }
 
 /// Normalises Anthropic usage. Its classes are already separate: `input_tokens`
@@ -516,25 +495,11 @@ pub fn openai_usage(body: &Value) -> TokenCounts {
 /// split into the 5-minute and 1-hour caches when the breakdown is present,
 /// and count as 5-minute writes otherwise.
 pub fn anthropic_usage(message: &Value) -> TokenCounts {
-    let Some(usage) = message.get("usage") else {
-        return TokenCounts::default();
-    };
-    let number = |value: Option<&Value>| value.and_then(Value::as_u64).unwrap_or(0);
-    let cache_creation = usage.get("cache_creation");
-    let (write_5m, write_1h) = match cache_creation {
-        Some(breakdown) if breakdown.is_object() => (
-            number(breakdown.get("ephemeral_5m_input_tokens")),
-            number(breakdown.get("ephemeral_1h_input_tokens")),
-        ),
-        _ => (number(usage.get("cache_creation_input_tokens")), 0),
-    };
-    TokenCounts {
-        input: number(usage.get("input_tokens")),
-        cached_input: number(usage.get("cache_read_input_tokens")),
-        cache_write: write_5m,
-        cache_write_1h: write_1h,
-        output: number(usage.get("output_tokens")),
-    }
+    message
+        .get("usage")
+        .and_then(|usage| AnthropicUsage::deserialize(usage).ok())
+        .unwrap_or_default()
+        .tokens()
 }
 
 #[cfg(test)]

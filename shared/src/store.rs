@@ -77,7 +77,8 @@ return claimed
 /// Settles a reservation (KEYS 1 to 4: budget, reservations, settlements and
 /// reservation times of the reserving month) and adds each charge to the spent
 /// of its month's budget (KEYS 5 and on, with amounts ARGV 4 and on). A month
-/// without a limit yet gets the default limit ARGV 3. Once per job id.
+/// without a limit yet gets the default limit ARGV 3, unless it is empty.
+/// Once per job id.
 const SETTLE_SPLIT_SCRIPT: &str = r#"
 if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then
   return 0
@@ -87,7 +88,9 @@ if amount ~= 0 then
   redis.call('HINCRBY', KEYS[1], 'reserved', -amount)
 end
 for index = 5, #KEYS do
-  redis.call('HSETNX', KEYS[index], 'limit', ARGV[3])
+  if ARGV[3] ~= '' then
+    redis.call('HSETNX', KEYS[index], 'limit', ARGV[3])
+  end
   redis.call('HINCRBY', KEYS[index], 'spent', ARGV[index - 1])
 end
 redis.call('HDEL', KEYS[2], ARGV[1])
@@ -105,22 +108,6 @@ if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then
 end
 redis.call('HSETNX', KEYS[1], 'limit', ARGV[3])
 redis.call('HINCRBY', KEYS[1], 'spent', ARGV[2])
-return 1
-"#;
-
-const SETTLE_SCRIPT: &str = r#"
-if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then
-  return 0
-end
-local amount = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
--- Lua formats the negation of 0 as "-0", which HINCRBY rejects.
-if amount ~= 0 then
-  redis.call('HINCRBY', KEYS[1], 'reserved', -amount)
-end
-redis.call('HINCRBY', KEYS[1], 'spent', ARGV[2])
-redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('HDEL', KEYS[4], ARGV[1])
-redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
 return 1
 "#;
 
@@ -246,7 +233,6 @@ pub struct Store {
     connection: ConnectionManager,
     prefix: String,
     reserve: redis::Script,
-    settle: redis::Script,
     claim: redis::Script,
     claim_creation: redis::Script,
     mark_thresholds: redis::Script,
@@ -279,7 +265,6 @@ impl Store {
             connection,
             prefix: config.prefix.clone(),
             reserve: redis::Script::new(RESERVE_SCRIPT),
-            settle: redis::Script::new(SETTLE_SCRIPT),
             claim: redis::Script::new(CLAIM_JOB_SCRIPT),
             claim_creation: redis::Script::new(CLAIM_CREATION_SCRIPT),
             mark_thresholds: redis::Script::new(MARK_THRESHOLDS_SCRIPT),
@@ -396,30 +381,21 @@ impl Store {
         job_id: &str,
         actual: Micros,
     ) -> Result<bool> {
-        let keys = self.budget_keys(team, month);
-        let applied: i64 = self
-            .settle
-            .key(&keys[0])
-            .key(&keys[1])
-            .key(&keys[2])
-            .key(&keys[3])
-            .arg(job_id)
-            .arg(actual.0)
-            .invoke_async(&mut self.connection.clone())
-            .await?;
-        Ok(applied == 1)
+        let charges = [(month.to_owned(), actual)];
+        self.settle_split(team, month, job_id, &charges, None).await
     }
 
     /// Releases the reservation a job made in `month` and adds each charge to
     /// the spent of its own month (`charges` lists month and amount), in one
-    /// script. Returns false when the job was already settled.
+    /// script. A charged month without counters gets `default_limit` as its
+    /// limit. Returns false when the job was already settled.
     pub async fn settle_split(
         &self,
         team: &str,
         month: &str,
         job_id: &str,
         charges: &[(String, Micros)],
-        default_limit: Micros,
+        default_limit: Option<Micros>,
     ) -> Result<bool> {
         let keys = self.budget_keys(team, month);
         let total: Micros = charges.iter().map(|(_, amount)| *amount).sum();
@@ -428,7 +404,11 @@ impl Store {
         for (charge_month, _) in charges {
             script.key(&self.budget_keys(team, charge_month)[0]);
         }
-        script.arg(job_id).arg(total.0).arg(default_limit.0);
+        let default_limit = default_limit.map(|limit| limit.0.to_string());
+        script
+            .arg(job_id)
+            .arg(total.0)
+            .arg(default_limit.unwrap_or_default());
         for (_, amount) in charges {
             script.arg(amount.0);
         }

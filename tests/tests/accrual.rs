@@ -24,13 +24,13 @@ async fn completion_accrual_moves_spent_to_next_month() {
     let charges = vec![("2026-12".to_owned(), Micros(700_000))];
     let settled = env
         .store
-        .settle_split("data-eng", "2026-11", "job-1", &charges, limit)
+        .settle_split("data-eng", "2026-11", "job-1", &charges, Some(limit))
         .await
         .unwrap();
     assert!(settled);
     let again = env
         .store
-        .settle_split("data-eng", "2026-11", "job-1", &charges, limit)
+        .settle_split("data-eng", "2026-11", "job-1", &charges, Some(limit))
         .await
         .unwrap();
     assert!(!again, "a job settles once");

@@ -55,6 +55,16 @@ fn ledger_total(env: &TestEnv, month: &str) -> Micros {
     Micros(ledger["total_billed_cost_micros"].as_i64().unwrap())
 }
 
+/// Runs `ledger reprice` for the month and returns its output.
+fn reprice(env: &TestEnv, month: &str, reason: &str, dry_run: bool) -> String {
+    let mut arguments = vec!["ledger", "reprice", "--month", month, "--by", "finance"];
+    arguments.extend(["--reason", reason, "--idle-ms", "1000"]);
+    if dry_run {
+        arguments.push("--dry-run");
+    }
+    check(&env.cli(&arguments))
+}
+
 fn is_utc_second(text: &str) -> bool {
     chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%SZ").is_ok()
 }
@@ -272,37 +282,14 @@ async fn export_and_correction_keep_totals_exact() {
         .unwrap()
         .spent;
 
-    let dry = check(&env.cli(&[
-        "ledger",
-        "reprice",
-        "--month",
-        &month,
-        "--by",
-        "finance",
-        "--reason",
-        "output rate fixed",
-        "--dry-run",
-        "--idle-ms",
-        "1000",
-    ]));
+    let dry = reprice(&env, &month, "output rate fixed", true);
     assert!(dry.contains("not published"), "{dry}");
     assert_eq!(
         ledger_total(&env, &month),
         before,
         "a dry run publishes nothing"
     );
-    let published = check(&env.cli(&[
-        "ledger",
-        "reprice",
-        "--month",
-        &month,
-        "--by",
-        "finance",
-        "--reason",
-        "output rate fixed",
-        "--idle-ms",
-        "1000",
-    ]));
+    let published = reprice(&env, &month, "output rate fixed", false);
     assert!(published.contains("published 2 corrections"), "{published}");
     let after = ledger_total(&env, &month);
     assert_eq!(
@@ -322,18 +309,7 @@ async fn export_and_correction_keep_totals_exact() {
         "the correction reaches the budget"
     );
 
-    let again = check(&env.cli(&[
-        "ledger",
-        "reprice",
-        "--month",
-        &month,
-        "--by",
-        "finance",
-        "--reason",
-        "output rate fixed",
-        "--idle-ms",
-        "1000",
-    ]));
+    let again = reprice(&env, &month, "output rate fixed", false);
     assert!(again.contains("no record of"), "{again}");
     assert_eq!(
         ledger_total(&env, &month),
@@ -351,25 +327,11 @@ async fn export_and_correction_keep_totals_exact() {
         tail.replacen("output = \"0.30\"", "output = \"0.35\"", 1)
     );
     std::fs::write(&prices, raised_table).unwrap();
-    let reprice = |reason: &str| {
-        check(&env.cli(&[
-            "ledger",
-            "reprice",
-            "--month",
-            &month,
-            "--by",
-            "finance",
-            "--reason",
-            reason,
-            "--idle-ms",
-            "1000",
-        ]))
-    };
-    let raised = reprice("raised");
+    let raised = reprice(&env, &month, "raised", false);
     assert!(raised.contains("published 2 corrections"), "{raised}");
     assert!(ledger_total(&env, &month) > after);
     std::fs::write(&prices, &current).unwrap();
-    let restored = reprice("raised in error");
+    let restored = reprice(&env, &month, "raised in error", false);
     assert!(restored.contains("published 2 corrections"), "{restored}");
     assert_eq!(ledger_total(&env, &month), after, "back to the fixed price");
 

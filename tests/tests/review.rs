@@ -4,9 +4,11 @@
 
 use std::time::Duration;
 
+use batchgate_shared::broker::REASON_HEADER;
 use batchgate_shared::manifest::Manifest;
 use batchgate_shared::message::JobEvent;
 use batchgate_shared::money::Micros;
+use batchgate_shared::review::DECISION_ROUTING_KEY;
 use batchgate_tests::batchgate_simulator::SimulatorConfig;
 use batchgate_tests::{TestEnv, chat_manifest, sample_head};
 
@@ -377,6 +379,85 @@ async fn unpriced_model_waits_for_a_price() {
     assert!(
         done["billed_cost_micros"].parse::<i64>().unwrap() > 0,
         "{done:?}"
+    );
+    env.cleanup().await;
+}
+
+/// Reads every message of the dead-letter queue as (reason, body).
+async fn dead_letters(env: &TestEnv) -> Vec<(String, String)> {
+    use lapin::options::BasicGetOptions;
+    let channel = env.broker.channel().await.unwrap();
+    let queue = env.broker.names.dead_queue();
+    let mut letters = Vec::new();
+    while let Some(message) = channel
+        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+    {
+        let reason = message
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|headers| headers.inner().get(REASON_HEADER).cloned())
+            .map(|value| match value {
+                lapin::types::AMQPValue::LongString(text) => text.to_string(),
+                other => format!("{other:?}"),
+            })
+            .unwrap_or_default();
+        let body = String::from_utf8_lossy(&message.delivery.data).into_owned();
+        letters.push((reason, body));
+    }
+    letters
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_decisions_are_dead_lettered() {
+    let mut env = TestEnv::with_team_settings(
+        SimulatorConfig::default(),
+        &[("data-eng", "CC-1001", "5.00")],
+        "review_above_requests = 10",
+    )
+    .await;
+    env.start_scheduler().await;
+    let exchange = env.broker.names.jobs_exchange();
+    let properties = || lapin::BasicProperties::default().with_user_id("guest".into());
+    env.broker
+        .publish_bytes(&exchange, DECISION_ROUTING_KEY, b"approve it", properties())
+        .await
+        .unwrap();
+    let future_version = serde_json::json!({"schema_version": 9, "decision_id": "d", "job_id": "j",
+        "verdict": "approve", "by": "alice", "at": "2026-12-04T00:00:00Z"});
+    env.broker
+        .publish_bytes(
+            &exchange,
+            DECISION_ROUTING_KEY,
+            future_version.to_string().as_bytes(),
+            properties(),
+        )
+        .await
+        .unwrap();
+
+    // The scheduler keeps working: a held job is still approved afterwards.
+    let input = sample_head(&env, "catalog-enrichment.openai.jsonl", 12);
+    let job_id = format!("{}-after", env.id);
+    env.publish_job(&env.job(reviewed_manifest(&job_id), &input))
+        .await;
+    env.wait_for_state(&job_id, &["held"], WAIT).await;
+    let approved = env.cli(&["review", "approve", &job_id, "--by", "alice"]);
+    assert!(approved.status.success(), "{}", stderr(&approved));
+
+    let letters = dead_letters(&env).await;
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    assert!(
+        letters[0].0.starts_with("invalid review decision"),
+        "{letters:?}"
+    );
+    assert_eq!(letters[0].1, "approve it", "the body is kept as it was");
+    assert!(
+        letters[1]
+            .0
+            .contains("unsupported review decision schema_version 9"),
+        "{letters:?}"
     );
     env.cleanup().await;
 }

@@ -81,7 +81,7 @@ impl Worker {
                 &month,
                 job_id,
                 &charges,
-                default_limit,
+                Some(default_limit),
             )
             .await?;
 

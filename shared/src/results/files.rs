@@ -80,14 +80,8 @@ pub fn account_files(
         {
             first_error = Some(error);
         }
-        total.requests.add(&totals.requests);
-        total.tokens_succeeded.add(&totals.tokens_succeeded);
-        total.tokens_failed.add(&totals.tokens_failed);
-        total
-            .long_context_succeeded
-            .add(&totals.long_context_succeeded);
-        total.long_context_failed.add(&totals.long_context_failed);
-        total.duplicate_lines += totals.duplicate_lines;
+        // Each thread owns different custom_ids, so the counts simply add up.
+        total.add_counts(&totals);
     }
     read?;
     if let Some((file, line, problem)) = first_error {
