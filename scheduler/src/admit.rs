@@ -276,8 +276,8 @@ impl Scheduler {
         }
         self.store.set_job_fields(&job_id, &fields).await?;
         let message = format!("held for review: {}", reasons.join("; "));
-        let mut held = JobEvent::new(event::HELD, &job_id, &manifest.owner_team, message);
-        held.detail = serde_json::json!({
+        let mut held_event = JobEvent::new(event::HELD, &job_id, &manifest.owner_team, message);
+        held_event.detail = serde_json::json!({
             "reasons": reasons,
             "estimate_micros": evaluation.estimate,
             "requests": summary.requests,
@@ -285,7 +285,7 @@ impl Scheduler {
             "justification": manifest.justification,
             "expected_output": manifest.expected_output,
         });
-        journal::record(&self.broker, &self.store, &held).await?;
+        journal::record(&self.broker, &self.store, &held_event).await?;
 
         // The event goes first. A crash before this step redelivers the message
         // in state `received`, and that delivery puts the job on hold again.

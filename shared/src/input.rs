@@ -83,9 +83,9 @@ pub fn open_input<'h>(
 
 /// Validates an input file against its manifest and returns its summary.
 ///
-/// Without a price entry (a model missing from the price table) tokens are
-/// counted with the model's default tokenizer and a request without a max
-/// tokens bound adds no output tokens; such a summary holds no estimate.
+/// Without a price entry (a model missing from the price table), tokens are
+/// counted with the model's default tokenizer, and a request without a max
+/// tokens bound adds no output tokens. Such a summary cannot give an estimate.
 pub fn validate_input(
     path: &Path,
     manifest: &Manifest,

@@ -310,10 +310,10 @@ pub struct LedgerRecord {
     /// The part of `tokens` from requests above the long-context threshold.
     #[serde(rename = "x_LongContextTokens")]
     pub long_context_tokens: TokenCounts,
-    /// What the standard cached-input rate saves against the list cost.
+    /// Saving of the standard cached-input rate against the list cost.
     #[serde(rename = "x_CacheDiscount", with = "crate::money::decimal_string")]
     pub cache_discount_micros: Micros,
-    /// What the batch rates save: `ListCost - x_CacheDiscount - x_BatchDiscount = BilledCost`.
+    /// Saving of the batch rates: `ListCost - x_CacheDiscount - x_BatchDiscount = BilledCost`.
     #[serde(rename = "x_BatchDiscount", with = "crate::money::decimal_string")]
     pub batch_discount_micros: Micros,
     /// `effective_from` of the price table entry used.
@@ -330,13 +330,14 @@ pub struct LedgerRecord {
     /// Month the record counts towards, `YYYY-MM`: the billing period.
     #[serde(rename = "x_AccrualPeriod")]
     pub accrual_period: String,
-    /// Month of the budget whose reservation the record settles, `YYYY-MM`.
+    /// Month whose budget reserved the job, `YYYY-MM`. The cost itself goes to
+    /// the budget of `accrual_period`.
     #[serde(rename = "x_BudgetMonth")]
     pub budget_month: String,
     /// For a correction: the record it corrects.
     #[serde(rename = "x_CorrectsRecordId", default)]
     pub corrects_record_id: Option<String>,
-    /// For a correction: why it was made.
+    /// For a correction: the reason given and who made it.
     #[serde(rename = "x_CorrectionReason", default)]
     pub correction_reason: Option<String>,
 }

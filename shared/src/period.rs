@@ -20,9 +20,9 @@ pub struct Period {
     pub end: DateTime<Utc>,
 }
 
-/// Returns the month a cost counts towards: under `submission`, the budget
-/// month the scheduler received the job in (`submission_month`); under
-/// `completion`, the month containing the instant the provider batch ended.
+/// Returns the month a cost counts towards. Under `submission` it is the
+/// budget month the scheduler received the job in (`submission_month`).
+/// Under `completion` it is the month containing the instant the batch ended.
 pub fn accrual_period(
     periods: &Periods,
     convention: crate::config::Accrual,

@@ -185,8 +185,8 @@ impl PriceBook {
         })
     }
 
-    /// Returns the current table. A file that changed is read again; one that
-    /// no longer reads or parses keeps the previous table, with a warning.
+    /// Returns the current table. A file that changed is read again. When it
+    /// no longer reads or parses, the previous table stays, with a warning.
     pub fn current(&self) -> std::sync::Arc<PriceTable> {
         let stamp = file_stamp(&self.path);
         let mut loaded = self

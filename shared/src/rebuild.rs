@@ -123,8 +123,8 @@ pub fn rebuild_from(
         trace.ended = ended.contains(job_id);
     }
 
-    // A settled job's cost is in its records of every month; each record's
-    // cost went to the budget of its own accrual month when the job ended.
+    // A settled job's cost is the sum of its records in every month. Each
+    // record's cost went to the budget of its own accrual month when the job ended.
     let mut billed: HashMap<String, Micros> = HashMap::new();
     let mut spent: HashMap<String, Micros> = HashMap::new();
     for record in records

@@ -1,6 +1,6 @@
-//! Review holds against the real broker and Redis. Jobs above a team's review
-//! threshold, or with an unpriced model, wait without a reservation for a
-//! decision from `batchgate review`.
+//! Jobs held for review, against the real broker and Redis. Jobs above a
+//! team's review threshold, or with an unpriced model, wait without a
+//! reservation for a decision from `batchgate review`.
 
 use std::time::Duration;
 
@@ -71,13 +71,13 @@ async fn held_job_runs_after_approval() {
     let job_id = format!("{}-large", env.id);
     env.publish_job(&env.job(reviewed_manifest(&job_id), &input))
         .await;
-    let held = env.wait_for_state(&job_id, &["held"], WAIT).await;
+    let held_job = env.wait_for_state(&job_id, &["held"], WAIT).await;
     assert!(
-        held["hold_reasons"]
+        held_job["hold_reasons"]
             .contains("12 requests are above team data-eng's review threshold of 10"),
-        "{held:?}"
+        "{held_job:?}"
     );
-    let month = held["month"].clone();
+    let month = held_job["month"].clone();
     assert_eq!(
         reserved(&env, &month).await,
         Micros::ZERO,
@@ -342,13 +342,13 @@ async fn unpriced_model_waits_for_a_price() {
     let mut manifest = reviewed_manifest(&job_id);
     manifest.model = "gpt-6-nova".into();
     env.publish_job(&env.job(manifest, &input)).await;
-    let held = env.wait_for_state(&job_id, &["held"], WAIT).await;
+    let held_job = env.wait_for_state(&job_id, &["held"], WAIT).await;
     assert!(
-        held["hold_reasons"].contains("gpt-6-nova is not in the price table"),
-        "{held:?}"
+        held_job["hold_reasons"].contains("gpt-6-nova is not in the price table"),
+        "{held_job:?}"
     );
-    assert!(!held.contains_key("estimate_micros"), "{held:?}");
-    assert_eq!(reserved(&env, &held["month"]).await, Micros::ZERO);
+    assert!(!held_job.contains_key("estimate_micros"), "{held_job:?}");
+    assert_eq!(reserved(&env, &held_job["month"]).await, Micros::ZERO);
 
     let still_held = env.cli(&["review", "approve", &job_id, "--by", "erin"]);
     assert_eq!(still_held.status.code(), Some(1), "{}", stdout(&still_held));

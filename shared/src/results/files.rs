@@ -282,13 +282,13 @@ mod tests {
             .write_all(line("r8", 500, 0).as_bytes())
             .unwrap();
         let paths = vec![output, errors];
-        let one = account_files(&paths, ResultFormat::OpenAi, Some(4000), 1).unwrap();
+        let single = account_files(&paths, ResultFormat::OpenAi, Some(4000), 1).unwrap();
         let three = account_files(&paths, ResultFormat::OpenAi, Some(4000), 3).unwrap();
-        assert_eq!(one.requests, three.requests);
-        assert_eq!(one.tokens_succeeded, three.tokens_succeeded);
-        assert_eq!(one.long_context_succeeded, three.long_context_succeeded);
-        assert_eq!(one.requests.total, 5001);
-        assert_eq!(one.duplicate_lines, 2);
+        assert_eq!(single.requests, three.requests);
+        assert_eq!(single.tokens_succeeded, three.tokens_succeeded);
+        assert_eq!(single.long_context_succeeded, three.long_context_succeeded);
+        assert_eq!(single.requests.total, 5001);
+        assert_eq!(single.duplicate_lines, 2);
         assert_eq!(three.duplicate_lines, 2);
     }
 
